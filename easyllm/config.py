@@ -1,0 +1,89 @@
+"""Training settings: easyllm's own choices plus any `TrainingArguments` field, checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+from transformers import TrainingArguments
+
+from .errors import ConfigError
+
+Method = Literal["lora", "qlora", "full"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+@dataclass
+class TrainSettings:
+    """How to fine-tune. Anything not listed here goes to `transformers.TrainingArguments`.
+
+    Defaults suit a small model on a CPU: LoRA on every linear layer, a learning rate that
+    moves LoRA weights in a few epochs on a small data set (5e-4; full fine-tuning
+    gets 2e-5). For models above ~1B parameters a lower rate (1e-4 to 2e-4) is safer.
+    """
+
+    method: Method = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    output_dir: str | None = None
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.lora_r <= 0:
+            problems.append(f"lora_r={self.lora_r}: must be a positive integer")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout={self.lora_dropout}: must be in [0, 1)")
+        if problems:
+            raise ConfigError("Invalid training settings:\n  " + "\n  ".join(problems))
+
+    def training_arguments(self, output_dir: str, seed: int, has_eval: bool) -> TrainingArguments:
+        lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
+        defaults: dict[str, Any] = {
+            "num_train_epochs": 3,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": lr,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.05,
+            "weight_decay": 0.0,
+            "logging_steps": 1,
+            "eval_strategy": "epoch" if has_eval else "no",
+            "save_strategy": "no",
+            "train_sampling_strategy": "group_by_length",
+            "report_to": "none",
+            "seed": seed,
+            "data_seed": seed,
+            "remove_unused_columns": False,
+            "dataloader_pin_memory": torch.cuda.is_available(),
+        }
+        return TrainingArguments(output_dir=output_dir, **{**defaults, **self.trainer_args})
+
+
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "trainer_args")
+TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir")
+
+
+def build_settings(base: TrainSettings, overrides: dict[str, Any]) -> TrainSettings:
+    """Apply `train(**overrides)`: easyllm settings by name, the rest as TrainingArguments fields."""
+    unknown = [key for key in overrides if key not in SETTINGS_FIELDS and key not in TRAINER_FIELDS]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, SETTINGS_FIELDS + TRAINER_FIELDS, n=3)
+            hints.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(
+            f"Unknown training option(s): {', '.join(hints)}. Valid: easyllm settings "
+            f"{', '.join(SETTINGS_FIELDS)}, or any transformers.TrainingArguments field."
+        )
+    own = {key: value for key, value in overrides.items() if key in SETTINGS_FIELDS}
+    trainer = {key: value for key, value in overrides.items() if key not in SETTINGS_FIELDS}
+    return dataclasses.replace(base, **own, trainer_args={**base.trainer_args, **trainer})

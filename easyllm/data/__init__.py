@@ -1,0 +1,18 @@
+"""Data: reading sources, normalizing row shapes, templates and label masking, batching."""
+
+from .encoding import IGNORE_INDEX, ChatEncoder, Encoded
+from .formats import ROW_FORMATS, Conversation, RowFormat, register_format
+from .loading import FILE_READERS, Record, read_source
+
+__all__ = [
+    "FILE_READERS",
+    "IGNORE_INDEX",
+    "ROW_FORMATS",
+    "ChatEncoder",
+    "Conversation",
+    "Encoded",
+    "Record",
+    "RowFormat",
+    "read_source",
+    "register_format",
+]

@@ -1,0 +1,255 @@
+"""ModelRunner: the facade. It holds state and call order and delegates all the work."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, overload
+
+from peft import PeftModel
+from transformers import set_seed
+
+from . import __version__
+from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
+from .config import Method, TrainSettings, build_settings
+from .data.encoding import ChatEncoder
+from .data.formats import Message
+from .data.loading import DataSource, read_source
+from .errors import UsageError
+from .evaluation import evaluate_loss
+from .generation import generate_replies
+from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
+from .modeling import DEFAULT_MODEL, ensure_pad_token, load_causal_lm, load_tokenizer, resolve_model
+from .tasks import TASKS, DataOptions, DataReport, PreparedData
+from .training import TrainResult, run_trainer, write_run_records
+
+RUNS_DIR = "easyllm-runs"
+
+
+class ModelRunner:
+    """Load a model, learn from your data, and talk to it.
+
+    >>> runner = ModelRunner()                          # built-in SmolLM2-135M-Instruct, offline
+    >>> runner.load_data("examples/data/identity.jsonl")
+    >>> runner.train()
+    >>> runner.generate("Who are you?")
+
+    `model` is None (the built-in default), a built-in alias, a local folder or a hub id.
+    `method` is "lora" (default), "qlora" (4-bit base) or "full"; `template` overrides the
+    tokenizer's chat template with a Jinja string. Remote code runs only with
+    `trust_remote_code=True`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        task: str = "sft",
+        method: Method = "lora",
+        template: str | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 42,
+        _tokenizer_source: str | None = None,
+    ) -> None:
+        self.model_name = str(model) if model is not None else DEFAULT_MODEL
+        self.task_name = task
+        self.task = TASKS.get(task)
+        self.settings = TrainSettings(method=method)
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
+        self._source = resolve_model(model)
+        self.tokenizer = load_tokenizer(_tokenizer_source or self._source, trust_remote_code=trust_remote_code)
+        if template:
+            self.tokenizer.chat_template = template  # saved with the tokenizer, so reloads chat the same
+        self.encoder = ChatEncoder(self.tokenizer)
+        self.model = self._load_model(method)
+        self.data: PreparedData | None = None
+        self.last_result: TrainResult | None = None
+
+    # -- the three lines ---------------------------------------------------------------------
+    def load_data(
+        self,
+        source: DataSource,
+        *,
+        val_size: float | int = 0.1,
+        seed: int | None = None,
+        max_length: int = 1024,
+        input_key: str | None = None,
+        output_key: str | None = None,
+    ) -> DataReport:
+        """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
+
+        `source`: a .jsonl or .json file, a list of dicts, or a datasets.Dataset. Rows may be
+        alpaca, {"messages": [...]}, prompt/completion, question/answer or input/output; other
+        column names via `input_key=` and `output_key=`. Bad rows raise one DataError naming
+        each file:line.
+        """
+        options = DataOptions(val_size, self.seed if seed is None else seed, max_length, input_key, output_key)
+        self.data = self.task.prepare(read_source(source), self.encoder, options)
+        print(self.data.report)
+        return self.data.report
+
+    def train(self, **overrides: Any) -> TrainResult:
+        """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
+
+        >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
+        """
+        if self.data is None:
+            raise UsageError("No training data yet: call runner.load_data('file.jsonl') before train().")
+        settings = build_settings(self.settings, overrides)
+        self._switch_method(settings.method)
+        self.settings = settings
+        set_seed(self.seed)  # LoRA weights are initialised before the Trainer seeds anything
+        self.model = make_trainable(self.model, settings)
+        trainable, total = count_parameters(self.model)
+        output_dir = Path(settings.output_dir) if settings.output_dir else _fresh_run_dir(self.model_name)
+        print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
+              f"the run is saved in {output_dir}")
+        args = settings.training_arguments(str(output_dir), self.seed, self.data.validation is not None)
+        result = run_trainer(self.model, self.tokenizer, self.data, self.task.collator(self.tokenizer), args)
+        result.metrics["trainable_parameters"] = trainable
+        self.save(output_dir, _result=result)
+        self.last_result = result
+        return result
+
+    def evaluate(self, data: DataSource | None = None, *, batch_size: int = 8) -> dict[str, float]:
+        """Eval loss and perplexity on the held-out split, or on `data` (any load_data source)."""
+        if data is not None:
+            options = DataOptions(val_size=0, seed=self.seed)
+            dataset = self.task.prepare(read_source(data), self.encoder, options).train
+        elif self.data is not None and self.data.validation is not None:
+            dataset = self.data.validation
+        else:
+            raise UsageError(
+                "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
+                "or pass data=... to evaluate()."
+            )
+        return evaluate_loss(self.model, dataset, self.task.collator(self.tokenizer), batch_size)
+
+    @overload
+    def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
+                 **sampling: Any) -> str: ...
+
+    @overload
+    def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
+                 **sampling: Any) -> list[str]: ...
+
+    def generate(self, prompt, *, max_new_tokens: int = 256, system: str | None = None, **sampling):
+        """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or a message list (-> str).
+
+        Greedy by default; pass temperature/top_p/top_k to sample. The prompt is rendered with
+        the same template and tokenization as training, and generation stops at end-of-turn.
+        """
+        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            return []
+        conversations = [_as_conversation(p, system) for p in prompts]
+        replies = generate_replies(self.model, self.encoder, conversations, max_new_tokens, **sampling)
+        return replies[0] if single else replies
+
+    # -- saving ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None) -> Path:
+        """Write the adapter (or full weights), tokenizer and settings; reload with ModelRunner.load."""
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        full_weights = self.settings.method == "full"  # the weights themselves are what changed
+        info = {
+            "easyllm_version": __version__,
+            "base_model": None if full_weights else _portable(self.model_name),
+            "task": self.task_name,
+            "method": self.settings.method,
+            "adapter": isinstance(self.model, PeftModel),
+            "trust_remote_code": self.trust_remote_code,
+        }
+        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
+        try:
+            write_model_folder(staging, self.model, self.tokenizer, info)
+            if _result is not None:
+                write_run_records(_result, staging)
+            _move_into(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelRunner:
+        """Reload a folder written by save() or train(): same model, adapter, tokenizer and template."""
+        folder = Path(path)
+        info = read_save_info(folder)
+        base = info["base_model"] if info["base_model"] is not None else str(folder)
+        runner = cls(
+            base, task=info["task"], method=info["method"],
+            trust_remote_code=info.get("trust_remote_code", False), _tokenizer_source=str(folder),
+        )
+        if info.get("adapter"):
+            runner.model = PeftModel.from_pretrained(runner.model, str(folder), is_trainable=True)
+        return runner
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """Upload what save() writes to the Hugging Face Hub; returns the repository URL."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save(folder)
+            return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _load_model(self, method: str):
+        model = load_causal_lm(
+            self._source, quantize_4bit=method == "qlora", trust_remote_code=self.trust_remote_code
+        )
+        ensure_pad_token(self.tokenizer, model, self.encoder.end_of_turn_ids)
+        keep_4bit_weights_trainable(model)  # before any generate() can repack them
+        return model
+
+    def _switch_method(self, method: str) -> None:
+        """QLoRA needs a 4-bit base, the others a full-precision one: reload if needed."""
+        if (method == "qlora") == is_4bit(self.model):
+            return
+        if isinstance(self.model, PeftModel) or self.last_result is not None:
+            raise UsageError(
+                f"This model was already trained with method='{self.settings.method}'. To train with "
+                f"method='{method}', start a new ModelRunner."
+            )
+        self.model = self._load_model(method)
+
+    def __repr__(self) -> str:
+        trainable, total = count_parameters(self.model)
+        data = f", train={self.data.report.train_examples}" if self.data else ""
+        return (f"ModelRunner(model={self.model_name!r}, task={self.task_name!r}, "
+                f"method={self.settings.method!r}, parameters={total:,}, trainable={trainable:,}{data})")
+
+
+def _as_conversation(prompt: str | list[Message], system: str | None) -> list[Message]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def _portable(model_name: str) -> str:
+    """Local folders are stored as absolute paths so a save can be reloaded from anywhere."""
+    path = Path(model_name).expanduser()
+    return str(path.resolve()) if path.is_dir() else model_name
+
+
+def _fresh_run_dir(model_name: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-") or "model"
+    base = Path(RUNS_DIR) / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, counter = base, 2
+    while candidate.exists():
+        candidate, counter = Path(f"{base}-{counter}"), counter + 1
+    return candidate
+
+
+def _move_into(staging: Path, target: Path) -> None:
+    """Move finished files into `target`, the settings file last: its presence marks a complete save."""
+    entries = sorted(staging.iterdir(), key=lambda entry: entry.name == SAVE_INFO_FILE)
+    for entry in entries:
+        destination = target / entry.name
+        if destination.is_dir() and entry.is_dir():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)

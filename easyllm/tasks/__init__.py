@@ -1,0 +1,6 @@
+"""Task strategies, one module per task, each registered by name in `TASKS`."""
+
+from . import sft  # noqa: F401  (registers "sft")
+from .base import TASKS, DataOptions, DataReport, PreparedData, Task, register_task
+
+__all__ = ["TASKS", "DataOptions", "DataReport", "PreparedData", "Task", "register_task"]

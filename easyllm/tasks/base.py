@@ -1,0 +1,83 @@
+"""What a task strategy is: how rows become model inputs, and how they are batched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from ..data.encoding import ChatEncoder
+from ..data.loading import Record
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How `load_data` reads and splits rows (see `ModelRunner.load_data`)."""
+
+    val_size: float | int = 0.1
+    seed: int = 42
+    max_length: int = 1024
+    input_key: str | None = None
+    output_key: str | None = None
+
+
+@dataclass
+class DataReport:
+    """What happened to the user's rows: nothing is dropped without being counted here."""
+
+    source: str
+    rows: int
+    formats: dict[str, int]
+    train_examples: int = 0
+    val_examples: int = 0
+    truncated: int = 0
+    dropped: list[str] = field(default_factory=list)  # "origin: reason"
+    trained_tokens: int = 0
+    total_tokens: int = 0
+
+    def __str__(self) -> str:
+        formats = ", ".join(f"{name} ({count})" for name, count in self.formats.items())
+        share = self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
+        lines = [
+            f"Read {self.rows} rows from {self.source} [{formats}]",
+            f"  train: {self.train_examples} examples, validation: {self.val_examples}",
+            f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%})",
+        ]
+        if self.truncated:
+            lines.append(f"  truncated to max_length: {self.truncated} example(s)")
+        if self.dropped:
+            lines.append(f"  skipped {len(self.dropped)} example(s): " + "; ".join(self.dropped[:5]))
+        return "\n".join(lines)
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    validation: Dataset | None
+    report: DataReport
+
+
+class Task(Protocol):
+    """A task strategy. Register one with `register_task(name, task)`."""
+
+    name: str
+
+    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
+        """Validate and encode rows; split off validation rows. Raise DataError naming bad rows."""
+        ...
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict]:
+        """Turn a list of encoded examples into a batch of tensors."""
+        ...
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(name: str, task: Task, *, replace: bool = False) -> Task:
+    """Make `task` available as `ModelRunner(task=name)`."""
+    return TASKS.register(name, task, replace=replace)

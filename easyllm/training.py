@@ -1,0 +1,75 @@
+"""Run the transformers Trainer and record what happened: metrics and a loss curve."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+
+from .tasks.base import PreparedData
+
+
+@dataclass
+class TrainResult:
+    """What `ModelRunner.train()` returns: the metrics and where the run was written."""
+
+    metrics: dict[str, float]
+    output_dir: Path
+    log_history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items())
+        return f"TrainResult({shown}; saved in {self.output_dir})"
+
+
+def run_trainer(model, tokenizer, data: PreparedData, collator, args: TrainingArguments) -> TrainResult:
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    output = trainer.train()
+    metrics: dict[str, float] = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
+    metrics["train_loss"] = output.training_loss
+    if data.validation is not None:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = eval_loss
+        metrics["eval_perplexity"] = math.exp(min(eval_loss, 50.0))
+    metrics["train_examples"] = len(data.train)
+    metrics["global_step"] = output.global_step
+    return TrainResult(metrics, Path(args.output_dir), list(trainer.state.log_history))
+
+
+def write_run_records(result: TrainResult, folder: Path) -> None:
+    """metrics.json and loss.png beside the saved model."""
+    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    plot_loss(result.log_history, folder / "loss.png")
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works in scripts, servers and notebooks alike
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    if train:
+        axes.plot(*zip(*train), label="train loss")
+    if evals:
+        axes.plot(*zip(*evals), "o-", label="eval loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,178 @@
+"""The facade on a tiny random model: train (LoRA, QLoRA, full), evaluate, generate, save, load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from easyllm import ConfigError, ModelRunner, UsageError
+
+FAST = {"num_train_epochs": 2, "per_device_train_batch_size": 4, "disable_tqdm": True}
+
+
+@pytest.fixture
+def runner(tiny_model_dir, chats) -> ModelRunner:
+    runner = ModelRunner(str(tiny_model_dir))
+    runner.load_data(chats, val_size=2)
+    return runner
+
+
+def test_pad_token_never_shares_the_end_of_turn_token(runner):
+    assert runner.tokenizer.pad_token_id not in runner.encoder.end_of_turn_ids
+    assert runner.model.config.pad_token_id == runner.tokenizer.pad_token_id
+
+
+def test_lora_trains_only_adapter_weights_and_writes_the_run(runner, tmp_path, tiny_model_dir):
+    base = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    result = runner.train(output_dir=str(tmp_path / "run"), **FAST)
+    assert isinstance(runner.model, PeftModel)
+    lora_b = {n: p for n, p in runner.model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
+    frozen = runner.model.get_base_model().state_dict()
+    for name, before in base.items():
+        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in frozen else name
+        assert torch.equal(frozen[key], before), name
+    run = tmp_path / "run"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "easyllm.json", "metrics.json", "loss.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_examples"] == 10 and "eval_loss" in metrics
+    assert result.metrics["eval_loss"] == metrics["eval_loss"]
+    assert not list(run.glob(".saving-*"))  # no staging folder left behind
+
+
+def test_training_lowers_held_out_loss(runner, tmp_path):
+    before = runner.evaluate()["eval_loss"]
+    runner.train(output_dir=str(tmp_path), learning_rate=1e-2, **FAST)
+    assert runner.evaluate()["eval_loss"] < before
+
+
+def test_full_training_changes_every_weight_matrix(tiny_model_dir, chats, tmp_path):
+    runner = ModelRunner(str(tiny_model_dir), method="full")
+    runner.load_data(chats, val_size=0)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.train(output_dir=str(tmp_path), learning_rate=1e-3, **FAST)
+    after = runner.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert set(changed) == set(before)
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_qlora_trains_adapters_on_a_4bit_base(runner, tmp_path):
+    import bitsandbytes as bnb
+
+    runner.train(method="qlora", output_dir=str(tmp_path), **FAST)
+    base = runner.model.get_base_model()
+    assert base.is_loaded_in_4bit
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+    lora_b = [p for n, p in runner.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    assert json.loads((tmp_path / "easyllm.json").read_text())["method"] == "qlora"
+
+
+def test_save_and_load_round_trip_gives_the_same_greedy_answers(runner, tmp_path):
+    runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-2, **FAST)
+    prompts = ["Who are you?", "What is the capital of France?"]
+    expected = runner.generate(prompts, max_new_tokens=12)
+    runner.save(tmp_path / "saved")
+    reloaded = ModelRunner.load(tmp_path / "saved")
+    assert isinstance(reloaded.model, PeftModel)
+    assert reloaded.generate(prompts, max_new_tokens=12) == expected
+    assert reloaded.tokenizer.chat_template == runner.tokenizer.chat_template
+
+
+def test_generate_shapes(runner):
+    one = runner.generate("Hi", max_new_tokens=4)
+    many = runner.generate(["Hi", "Who are you? Answer briefly."], max_new_tokens=4)
+    chat = runner.generate([{"role": "user", "content": "Hi"}], max_new_tokens=4)
+    assert isinstance(one, str) and isinstance(chat, str)
+    assert isinstance(many, list) and len(many) == 2 and many[0] == one  # left padding changes nothing
+    assert one == chat
+    assert runner.generate([], max_new_tokens=4) == []
+
+
+def test_evaluate_on_passed_data_and_perplexity(runner, chats):
+    metrics = runner.evaluate(chats[:3])
+    assert metrics["eval_examples"] == 3 and metrics["eval_tokens"] > 0
+    assert metrics["perplexity"] == pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item())
+
+
+def test_call_order_and_unknown_options_are_explained(tiny_model_dir, runner):
+    fresh = ModelRunner(str(tiny_model_dir))
+    with pytest.raises(UsageError, match=r"call runner.load_data\('file.jsonl'\) before train"):
+        fresh.train()
+    with pytest.raises(ConfigError, match=r"'learnig_rate' \(did you mean learning_rate"):
+        runner.train(learnig_rate=1e-3)
+    with pytest.raises(ConfigError, match="method='sgd': choose one of lora, qlora, full"):
+        runner.train(method="sgd")
+
+
+def test_truncation_never_keeps_an_example_with_nothing_trained(runner):
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    report = runner.load_data([long_prompt, short], val_size=0, max_length=64)
+    assert report.train_examples == 1
+    assert len(report.dropped) == 1 and "data[0]" in report.dropped[0] and "max_length=64" in report.dropped[0]
+
+
+def _adapter_gradients(runner: ModelRunner) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)  # same LoRA dropout masks each time
+    runner.model.train()
+    runner.model.zero_grad()
+    batch = runner.task.collator(runner.tokenizer)([runner.data.train[i] for i in range(4)])
+    runner.model(**batch).loss.backward()
+    return {n: p.grad.clone() for n, p in runner.model.named_parameters() if p.grad is not None}
+
+
+def _qlora_runner(model_dir, chats, generate: bool) -> ModelRunner:
+    from easyllm.adapters import make_trainable
+
+    runner = ModelRunner(str(model_dir), method="qlora")
+    runner.load_data(chats, val_size=0)
+    if generate:
+        runner.generate("Hi", max_new_tokens=2)  # eval-mode forward: bitsandbytes may repack weights
+    torch.manual_seed(0)
+    runner.model = make_trainable(runner.model, runner.settings)
+    for name, parameter in runner.model.named_parameters():  # non-zero B: every path carries gradient
+        if "lora_B" in name:
+            parameter.data.normal_(std=0.1)
+    if generate:
+        runner.generate("Hi", max_new_tokens=2)  # between training steps, as the Trainer's evaluation does
+    return runner
+
+
+def test_qlora_gradients_survive_generation_on_the_cpu(tiny_model_dir, chats):
+    """bitsandbytes repacks 4-bit weights for CPU inference; training must still backprop through them."""
+    reference = _adapter_gradients(_qlora_runner(tiny_model_dir, chats, generate=False))
+    after_generation = _adapter_gradients(_qlora_runner(tiny_model_dir, chats, generate=True))
+    assert reference.keys() == after_generation.keys() and len(reference) > 0
+    for name in reference:
+        torch.testing.assert_close(after_generation[name], reference[name], msg=name)
+
+
+def test_push_to_hub_uploads_what_save_writes(runner, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            from pathlib import Path
+
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    url = runner.push_to_hub("me/tiny", private=True, token="hf_secret")
+    assert url == "https://huggingface.co/me/tiny"
+    assert calls[0] == ("init", "hf_secret") and calls[1] == ("create_repo", "me/tiny", True)
+    uploaded = calls[2][2]
+    assert "easyllm.json" in uploaded and "tokenizer.json" in uploaded and "chat_template.jinja" in uploaded
