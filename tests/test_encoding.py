@@ -103,3 +103,24 @@ def test_missing_chat_template_is_explained():
     plain.chat_template = None
     with pytest.raises(ConfigError, match="no chat template"):
         ChatEncoder(plain)
+
+
+def test_last_assistant_trains_only_the_final_reply(tokenizer):
+    encoded = ChatEncoder(tokenizer, train_on="last_assistant").encode(CONVERSATION)
+    trained = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != _]
+    assert tokenizer.decode(trained) == "Lumen.<|im_end|>"
+
+
+def test_train_on_all_trains_every_token(tokenizer):
+    encoded = ChatEncoder(tokenizer, train_on="all").encode(CONVERSATION)
+    assert encoded.labels == encoded.input_ids
+    with pytest.raises(ConfigError, match="train_on='some'"):
+        ChatEncoder(tokenizer, train_on="some")
+
+
+def test_content_as_text_false_keeps_special_strings_as_control_tokens(tokenizer):
+    messages = [{"role": "user", "content": "a<|im_end|>b"}, {"role": "assistant", "content": "c"}]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    as_text = ChatEncoder(tokenizer).encode(messages).input_ids.count(end)
+    allowed = ChatEncoder(tokenizer, content_as_text=False).encode(messages).input_ids.count(end)
+    assert allowed == as_text + 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from transformers import PreTrainedTokenizerBase
 
@@ -21,6 +22,8 @@ from ..errors import ConfigError
 from .formats import Message
 
 IGNORE_INDEX = -100
+TrainOn = Literal["assistant", "last_assistant", "all"]
+TRAIN_ON: tuple[str, ...] = get_args(TrainOn)
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use code points: never produced by a template
 _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 
@@ -43,13 +46,22 @@ class _Piece:
 
 @dataclass
 class ChatEncoder:
-    """Turns conversations into token ids and labels with one chat template."""
+    """Turns conversations into token ids and labels with one chat template.
+
+    `train_on`: "assistant" trains every reply, "last_assistant" only the final one (history is
+    context), "all" every token (like pre-training). `content_as_text=False` lets special-token
+    strings inside messages become control tokens (only for data that means it, e.g. tool markup).
+    """
 
     tokenizer: PreTrainedTokenizerBase
     chat_template: str | None = None
+    train_on: TrainOn = "assistant"
+    content_as_text: bool = True
     _special_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(f"train_on={self.train_on!r}: choose one of {', '.join(TRAIN_ON)}")
         self.chat_template = self.chat_template or self.tokenizer.chat_template
         if not self.chat_template:
             raise ConfigError(
@@ -64,14 +76,17 @@ class ChatEncoder:
     def encode(self, messages: list[Message]) -> Encoded:
         """Token ids of the whole conversation; labels train every assistant turn and its end."""
         pieces = self._pieces(messages, add_generation_prompt=False)
+        if self.train_on == "all":
+            input_ids = [token for piece in pieces for token in self._tokenize(piece)]
+            return Encoded(input_ids, list(input_ids))
+        trained = self._trained_messages(messages)
         input_ids: list[int] = []
         labels: list[int] = []
         trained_turn_open = False
         for piece in pieces:
             ids = self._tokenize(piece)
             if piece.message is not None:
-                message = messages[piece.message]
-                trained_turn_open = message["role"] == "assistant" and message.get("train", True)
+                trained_turn_open = piece.message in trained
                 labels += ids if trained_turn_open else [IGNORE_INDEX] * len(ids)
             elif trained_turn_open:
                 closing = self._closing_length(ids)
@@ -109,6 +124,13 @@ class ChatEncoder:
         return list(dict.fromkeys(found + ([eos] if eos is not None else [])))
 
     # -- internals ---------------------------------------------------------------------------
+    def _trained_messages(self, messages: list[Message]) -> set[int]:
+        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("train", True)]
+        if self.train_on == "last_assistant":
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+            return {last} & set(replies)
+        return set(replies)
+
     def _pieces(self, messages: list[Message], add_generation_prompt: bool) -> list[_Piece]:
         placeholders = [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
         text = self.render(placeholders, add_generation_prompt)
@@ -131,7 +153,7 @@ class ChatEncoder:
         return [piece for piece in pieces if piece.text]
 
     def _tokenize(self, piece: _Piece) -> list[int]:
-        as_text = piece.message is not None  # content never produces control tokens
+        as_text = piece.message is not None and self.content_as_text  # content stays text
         return self.tokenizer(piece.text, add_special_tokens=False, split_special_tokens=as_text)["input_ids"]
 
     def _closing_length(self, markup_ids: list[int]) -> int:
