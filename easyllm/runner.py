@@ -16,7 +16,8 @@ from transformers import set_seed
 from . import __version__
 from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
 from .config import Method, TrainSettings, build_settings
-from .data.encoding import ChatEncoder
+from .data.control_tokens import ControlTokenPolicy
+from .data.encoding import ChatEncoder, TrainOn
 from .data.formats import Message
 from .data.loading import DataSource, read_source
 from .errors import UsageError
@@ -80,15 +81,22 @@ class ModelRunner:
         max_length: int = 1024,
         input_key: str | None = None,
         output_key: str | None = None,
+        train_on: TrainOn = "assistant",
+        on_control_tokens: ControlTokenPolicy = "text",
     ) -> DataReport:
         """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
 
         `source`: a .jsonl or .json file, a list of dicts, or a datasets.Dataset. Rows may be
         alpaca, {"messages": [...]}, prompt/completion, question/answer or input/output; other
         column names via `input_key=` and `output_key=`. Bad rows raise one DataError naming
-        each file:line.
+        each file:line. `train_on`: "assistant" (every reply), "last_assistant" or "all".
+        `on_control_tokens`: strings like "<|im_end|>" inside messages are kept as plain "text"
+        (default), make the row a "reject" error, or "allow"ed to act as control tokens.
         """
-        options = DataOptions(val_size, self.seed if seed is None else seed, max_length, input_key, output_key)
+        options = DataOptions(
+            val_size=val_size, seed=self.seed if seed is None else seed, max_length=max_length,
+            input_key=input_key, output_key=output_key, train_on=train_on, on_control_tokens=on_control_tokens,
+        )
         self.data = self.task.prepare(read_source(source), self.encoder, options)
         print(self.data.report)
         return self.data.report

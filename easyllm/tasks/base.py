@@ -9,7 +9,8 @@ from typing import Any, Protocol
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from ..data.encoding import ChatEncoder
+from ..data.control_tokens import ControlTokenPolicy
+from ..data.encoding import ChatEncoder, TrainOn
 from ..data.loading import Record
 from ..registry import Registry
 
@@ -23,6 +24,8 @@ class DataOptions:
     max_length: int = 1024
     input_key: str | None = None
     output_key: str | None = None
+    train_on: TrainOn = "assistant"
+    on_control_tokens: ControlTokenPolicy = "text"
 
 
 @dataclass
@@ -35,7 +38,10 @@ class DataReport:
     train_examples: int = 0
     val_examples: int = 0
     truncated: int = 0
+    truncated_trained_tokens: int = 0  # reply tokens lost to max_length
     dropped: list[str] = field(default_factory=list)  # "origin: reason"
+    control_token_rows: list[str] = field(default_factory=list)  # "origin: what was found"
+    control_token_policy: str = "text"
     trained_tokens: int = 0
     total_tokens: int = 0
 
@@ -48,7 +54,12 @@ class DataReport:
             f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%})",
         ]
         if self.truncated:
-            lines.append(f"  truncated to max_length: {self.truncated} example(s)")
+            lines.append(f"  truncated to max_length: {self.truncated} example(s), "
+                         f"{self.truncated_trained_tokens} reply token(s) lost")
+        if self.control_token_rows:
+            lines.append(f"  {len(self.control_token_rows)} row(s) contain control-token strings "
+                         f"(on_control_tokens={self.control_token_policy!r}): "
+                         + "; ".join(self.control_token_rows[:3]))
         if self.dropped:
             lines.append(f"  skipped {len(self.dropped)} example(s): " + "; ".join(self.dropped[:5]))
         return "\n".join(lines)

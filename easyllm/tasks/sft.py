@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..data.collator import PaddingCollator
-from ..data.encoding import IGNORE_INDEX, ChatEncoder
-from ..data.formats import Conversation, key_format, to_conversations
-from ..data.loading import Record
+from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
+from ..data.encoding import ChatEncoder, Encoded
+from ..data.formats import Conversation, Message, key_format, to_conversations
+from ..data.loading import Record, summarize_problems
 from ..data.split import train_val_split
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import DataOptions, DataReport, PreparedData, register_task
 
 
@@ -26,6 +28,8 @@ class SFTTask:
         conversations = to_conversations(records, row_format)
         source = records[0].origin.rsplit(":", 1)[0].split("[")[0] if records else "data"
         report = DataReport(source, len(records), dict(Counter(c.format for c in conversations)))
+        encoder = self._apply_control_token_policy(conversations, encoder, options, report)
+        encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
         train = self._encode(train_rows, encoder, options.max_length, report)
         validation = self._encode(val_rows, encoder, options.max_length, report) if val_rows else None
@@ -38,6 +42,27 @@ class SFTTask:
         return PaddingCollator(tokenizer.pad_token_id)
 
     @staticmethod
+    def _apply_control_token_policy(
+        conversations: list[Conversation], encoder: ChatEncoder, options: DataOptions, report: DataReport
+    ) -> ChatEncoder:
+        policy = options.on_control_tokens
+        if policy not in CONTROL_TOKEN_POLICIES:
+            raise ConfigError(f"on_control_tokens={policy!r}: choose one of {', '.join(CONTROL_TOKEN_POLICIES)}")
+        strings = control_token_strings(encoder.tokenizer)
+        for conversation in conversations:
+            found = find_control_token(conversation.messages, strings)
+            if found:
+                report.control_token_rows.append(f"{conversation.origin}: {found}")
+        report.control_token_policy = policy
+        if policy == "reject" and report.control_token_rows:
+            raise DataError(
+                summarize_problems(report.control_token_rows, report.source)
+                + "\nThese rows contain control-token strings (on_control_tokens='reject'). Remove them, "
+                "or load with on_control_tokens='text' (the default: kept as plain text) or 'allow'."
+            )
+        return dataclasses.replace(encoder, content_as_text=policy != "allow")
+
+    @staticmethod
     def _encode(
         conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport
     ) -> Dataset:
@@ -46,8 +71,10 @@ class SFTTask:
             encoded = encoder.encode(conversation.messages)
             if len(encoded.input_ids) > max_length:
                 report.truncated += 1
-                encoded.input_ids, encoded.labels = encoded.input_ids[:max_length], encoded.labels[:max_length]
-            if all(label == IGNORE_INDEX for label in encoded.labels):
+                full_trained = encoded.trained_tokens
+                encoded = fit_to_length(encoder, conversation.messages, max_length)
+                report.truncated_trained_tokens += full_trained - (encoded.trained_tokens if encoded else 0)
+            if encoded is None or encoded.trained_tokens == 0:
                 report.dropped.append(
                     f"{conversation.origin}: no reply token left within max_length={max_length} "
                     "(raise max_length or shorten the prompt)"
@@ -58,6 +85,25 @@ class SFTTask:
             report.trained_tokens += encoded.trained_tokens
             report.total_tokens += len(encoded.input_ids)
         return Dataset.from_dict(rows)
+
+
+def fit_to_length(encoder: ChatEncoder, messages: list[Message], max_length: int) -> Encoded | None:
+    """Shorten a conversation to `max_length` tokens, at turn boundaries where possible.
+
+    Keeps the system prompt and the latest turns: drops the oldest exchanges (each starting at
+    a user message) until the rest fits. If even the last exchange is too long, its tokens are
+    cut at the end. Returns None when no reply token would be left to train.
+    """
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > 0]
+    for start in starts:
+        shorter = encoder.encode(system + rest[start:])
+        if len(shorter.input_ids) <= max_length and shorter.trained_tokens:
+            return shorter
+    last = encoder.encode(system + rest[starts[-1]:]) if starts else encoder.encode(messages)
+    cut = Encoded(last.input_ids[:max_length], last.labels[:max_length])
+    return cut if cut.trained_tokens else None
 
 
 register_task("sft", SFTTask())
