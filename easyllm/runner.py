@@ -20,6 +20,7 @@ from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
 from .data.formats import Message
 from .data.loading import DataSource, read_source
+from .data.preview import Preview, spans
 from .errors import UsageError
 from .evaluation import evaluate_loss
 from .generation import generate_replies
@@ -100,6 +101,20 @@ class ModelRunner:
         self.data = self.task.prepare(read_source(source), self.encoder, options)
         print(self.data.report)
         return self.data.report
+
+    def preview(self, n: int = 3, *, split: str = "train") -> Preview:
+        """The first `n` examples as the model sees them, trained tokens highlighted.
+
+        Prints in colour in a terminal and renders as HTML in Jupyter; `str()` marks
+        trained text as [[...]].
+        """
+        if self.data is None:
+            raise UsageError("Nothing to preview: call runner.load_data(...) first.")
+        dataset = self.data.train if split == "train" else self.data.validation
+        if dataset is None:
+            raise UsageError("There is no validation split: load_data(..., val_size=0.1) holds one out.")
+        rows = [dataset[i] for i in range(min(n, len(dataset)))]
+        return Preview([spans(self.tokenizer, row["input_ids"], row["labels"]) for row in rows])
 
     def train(self, **overrides: Any) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.

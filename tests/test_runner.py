@@ -176,3 +176,13 @@ def test_push_to_hub_uploads_what_save_writes(runner, monkeypatch):
     assert calls[0] == ("init", "hf_secret") and calls[1] == ("create_repo", "me/tiny", True)
     uploaded = calls[2][2]
     assert "easyllm.json" in uploaded and "tokenizer.json" in uploaded and "chat_template.jinja" in uploaded
+
+
+def test_preview_marks_exactly_the_trained_text(runner):
+    preview = runner.preview(n=2)
+    assert len(preview.examples) == 2
+    plain = preview.text()
+    assert "[[I am Lumen, an AI assistant.<|im_end|>]]" in plain
+    assert plain.split("--- example 2")[0].count("[[") == 1  # only the reply is trained
+    assert "\033[1;32mI am Lumen" in preview.text(colour=True)
+    assert "<mark" in preview._repr_html_() and "Who are you?" in preview._repr_html_()

@@ -44,6 +44,15 @@ class DataReport:
     control_token_policy: str = "text"
     trained_tokens: int = 0
     total_tokens: int = 0
+    lengths: list[int] = field(default_factory=list, repr=False)
+    unterminated_replies: int = 0  # trained replies whose end-of-turn token is not trained
+
+    def length_percentiles(self) -> dict[str, int]:
+        ordered = sorted(self.lengths)
+        if not ordered:
+            return {}
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
     def __str__(self) -> str:
         formats = ", ".join(f"{name} ({count})" for name, count in self.formats.items())
@@ -51,8 +60,14 @@ class DataReport:
         lines = [
             f"Read {self.rows} rows from {self.source} [{formats}]",
             f"  train: {self.train_examples} examples, validation: {self.val_examples}",
-            f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%})",
+            f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%}); lengths "
+            + " ".join(f"{k}={v}" for k, v in self.length_percentiles().items()),
         ]
+        if self.unterminated_replies:
+            lines.append(f"  WARNING: {self.unterminated_replies} trained repl(ies) lack their end-of-turn "
+                         "token (cut by max_length): the model does not learn to stop there")
+        else:
+            lines.append("  every trained reply ends with its end-of-turn token")
         if self.truncated:
             lines.append(f"  truncated to max_length: {self.truncated} example(s), "
                          f"{self.truncated_trained_tokens} reply token(s) lost")

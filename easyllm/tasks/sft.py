@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.collator import PaddingCollator
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
-from ..data.encoding import ChatEncoder, Encoded
+from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
 from ..data.formats import Conversation, Message, key_format, to_conversations
 from ..data.loading import Record, summarize_problems
 from ..data.split import train_val_split
@@ -67,6 +67,7 @@ class SFTTask:
         conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport
     ) -> Dataset:
         rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        end_of_turn = set(encoder.end_of_turn_ids)
         for conversation in conversations:
             encoded = encoder.encode(conversation.messages)
             if len(encoded.input_ids) > max_length:
@@ -84,6 +85,9 @@ class SFTTask:
             rows["labels"].append(encoded.labels)
             report.trained_tokens += encoded.trained_tokens
             report.total_tokens += len(encoded.input_ids)
+            report.lengths.append(len(encoded.input_ids))
+            if encoder.train_on != "all":
+                report.unterminated_replies += count_unterminated_replies(encoded, end_of_turn)
         return Dataset.from_dict(rows)
 
 
@@ -104,6 +108,18 @@ def fit_to_length(encoder: ChatEncoder, messages: list[Message], max_length: int
     last = encoder.encode(system + rest[starts[-1]:]) if starts else encoder.encode(messages)
     cut = Encoded(last.input_ids[:max_length], last.labels[:max_length])
     return cut if cut.trained_tokens else None
+
+
+def count_unterminated_replies(encoded: Encoded, end_of_turn: set[int]) -> int:
+    """Trained spans whose last token is not an end-of-turn token (the model would not learn to stop)."""
+    count = 0
+    for position, label in enumerate(encoded.labels):
+        span_ends = label != IGNORE_INDEX and (
+            position + 1 == len(encoded.labels) or encoded.labels[position + 1] == IGNORE_INDEX
+        )
+        if span_ends and encoded.input_ids[position] not in end_of_turn:
+            count += 1
+    return count
 
 
 register_task("sft", SFTTask())
