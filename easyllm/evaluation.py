@@ -6,10 +6,9 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 
-from .data.encoding import IGNORE_INDEX
+from .loss import trained_token_loss
 
 
 @torch.inference_mode()
@@ -22,12 +21,9 @@ def evaluate_loss(model, dataset: Dataset, collator: Callable, batch_size: int =
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {key: value.to(device) for key, value in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        total_loss += F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        ).item()
-        total_tokens += int((labels != IGNORE_INDEX).sum())
+        loss_sum, count = trained_token_loss(model, batch)
+        total_loss += loss_sum.item()
+        total_tokens += count
     model.train(was_training)
     loss = total_loss / max(total_tokens, 1)
     return {

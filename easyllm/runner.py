@@ -18,8 +18,8 @@ from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, ma
 from .config import Method, TrainSettings, build_settings
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
-from .data.formats import Message
-from .data.loading import DataSource, read_source
+from .data.formats import Message, OnBadRows
+from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
 from .errors import UsageError
 from .evaluation import evaluate_loss
@@ -82,21 +82,26 @@ class ModelRunner:
         max_length: int = 1024,
         input_key: str | None = None,
         output_key: str | None = None,
+        columns: dict[str, str] | None = None,
+        on_bad_rows: OnBadRows = "raise",
         train_on: TrainOn = "assistant",
         on_control_tokens: ControlTokenPolicy = "text",
     ) -> DataReport:
         """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
 
-        `source`: a .jsonl or .json file, a list of dicts, or a datasets.Dataset. Rows may be
-        alpaca, {"messages": [...]}, prompt/completion, question/answer or input/output; other
-        column names via `input_key=` and `output_key=`. Bad rows raise one DataError naming
-        each file:line. `train_on`: "assistant" (every reply), "last_assistant" or "all".
+        `source`: a .jsonl, .json, .csv, .parquet or .txt file, a folder of them, a list of dicts,
+        or a datasets.Dataset / DatasetDict. Rows may be alpaca, sharegpt, {"messages": [...]},
+        prompt/completion, question/answer or input/output; other column names via
+        `columns={"prompt": "q", "completion": "a"}` (or `input_key=` / `output_key=`). Bad rows
+        raise one DataError naming each file:line; `on_bad_rows="skip"` trains on the rest and
+        writes the skipped rows to rejects.jsonl in the run folder. `train_on`: "assistant" (every reply), "last_assistant" or "all".
         `on_control_tokens`: strings like "<|im_end|>" inside messages are kept as plain "text"
         (default), make the row a "reject" error, or "allow"ed to act as control tokens.
         """
         options = DataOptions(
             val_size=val_size, seed=self.seed if seed is None else seed, max_length=max_length,
-            input_key=input_key, output_key=output_key, train_on=train_on, on_control_tokens=on_control_tokens,
+            input_key=input_key, output_key=output_key, columns=columns, on_bad_rows=on_bad_rows,
+            train_on=train_on, on_control_tokens=on_control_tokens,
         )
         self.data = self.task.prepare(read_source(source), self.encoder, options)
         print(self.data.report)
@@ -133,7 +138,8 @@ class ModelRunner:
         print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
               f"the run is saved in {output_dir}")
         args = settings.training_arguments(str(output_dir), self.seed, self.data.validation is not None)
-        result = run_trainer(self.model, self.tokenizer, self.data, self.task.collator(self.tokenizer), args)
+        collator = self.task.collator(self.tokenizer)
+        result = run_trainer(self.model, self.tokenizer, self.data, collator, args, packing=settings.packing)
         result.metrics["trainable_parameters"] = trainable
         self.save(output_dir, _result=result)
         self.last_result = result
@@ -194,6 +200,8 @@ class ModelRunner:
             write_model_folder(staging, self.model, self.tokenizer, info)
             if _result is not None:
                 write_run_records(_result, staging)
+                if self.data is not None and self.data.rejects:
+                    write_rejects(self.data.rejects, staging / "rejects.jsonl")
             _move_into(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainingArguments
 
+from .data.packing import PackedCollator
+from .loss import trained_token_loss
 from .tasks.base import PreparedData
 
 
@@ -26,8 +29,13 @@ class TrainResult:
         return f"TrainResult({shown}; saved in {self.output_dir})"
 
 
-def run_trainer(model, tokenizer, data: PreparedData, collator, args: TrainingArguments) -> TrainResult:
-    trainer = Trainer(
+def run_trainer(
+    model, tokenizer, data: PreparedData, collator, args: TrainingArguments, *, packing: bool
+) -> TrainResult:
+    """Train on `data`; with `packing`, each batch's examples share rows of `data.max_length` tokens."""
+    if packing:
+        collator = PackedCollator(tokenizer.pad_token_id, data.max_length)
+    trainer = TrainedTokenTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -73,3 +81,15 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+class TrainedTokenTrainer(Trainer):
+    """The Trainer with one hook replaced: the loss only touches trained positions (see loss.py)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_sum, count = trained_token_loss(model, inputs)
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
+        if isinstance(denominator, torch.Tensor):
+            denominator = denominator.to(loss_sum.device)
+        loss = loss_sum / denominator
+        return (loss, {"loss": loss}) if return_outputs else loss

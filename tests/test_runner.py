@@ -186,3 +186,15 @@ def test_preview_marks_exactly_the_trained_text(runner):
     assert plain.split("--- example 2")[0].count("[[") == 1  # only the reply is trained
     assert "\033[1;32mI am Lumen" in preview.text(colour=True)
     assert "<mark" in preview._repr_html_() and "Who are you?" in preview._repr_html_()
+
+
+def test_skipped_rows_are_counted_and_written_to_the_run_folder(tiny_model_dir, chats, tmp_path):
+    runner = ModelRunner(str(tiny_model_dir))
+    bad = [{"prompt": "no reply"}, {"messages": [{"role": "user", "content": "a"}]}]
+    report = runner.load_data(chats + bad, val_size=0, on_bad_rows="skip")
+    assert report.rows == 14 and report.train_examples == 12
+    assert "skipped 2 of 14 rows" in str(report)
+    runner.train(output_dir=str(tmp_path), max_steps=1, disable_tqdm=True)
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [r["origin"] for r in rejects] == ["data[12]", "data[13]"]
+    assert rejects[0]["row"] == {"prompt": "no reply"} and rejects[1]["reason"]

@@ -1,44 +1,67 @@
-"""Row shapes (alpaca, messages, prompt/completion, ...) normalized to one conversation schema.
+"""Row shapes (alpaca, sharegpt, messages, prompt/completion, ...) normalized to one schema.
 
 A conversation is a list of messages `{"role": ..., "content": ...}` with roles system, user,
-assistant and tool; a message may carry `"train": False` to keep an assistant turn untrained.
+assistant and tool, plus an optional `tools` list (the tool definitions the assistant may call).
+A message may carry `"train": False` to keep an assistant turn untrained; the replies inside a
+message-list `prompt` get it, because a prompt is context by definition.
 Each shape is one registration in `ROW_FORMATS`; detection tries them in registration order.
+Other column names go through `column_format({"prompt": "question", "completion": "answer"})`.
+Problems name a message by its position in the conversation, counting from 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
-from .loading import Record, summarize_problems
+from .loading import Record, Reject, RowProblem, source_name, summarize_problems
 
 Message = dict[str, Any]
+OnBadRows = Literal["raise", "skip"]
 ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
+                  "function_call": "assistant", "observation": "tool"}
+SHARED_KEYS = ("system", "tools")  # optional keys every shape may carry
 
 
 @dataclass(frozen=True)
 class RowFormat:
-    """A row shape: the keys that identify it and how to turn such a row into messages."""
+    """A row shape: the keys that identify it and how to turn such a row into messages.
+
+    `required` names the row's columns; `columns` maps the shape's own keys to the row's
+    columns when they differ (see `column_format`); `optional` lists the shape's extra keys.
+    """
 
     name: str
     required: tuple[str, ...]
     to_messages: Callable[[Mapping[str, Any]], list[Message]]
+    optional: tuple[str, ...] = ()
+    columns: Mapping[str, str] = field(default_factory=dict)
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        return all(key in row for key in self.required)
+        # None counts as absent: Dataset and Parquet fill a column a row lacks with None.
+        return all(row.get(key) is not None for key in self.required)
+
+    def canonical(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The row with its columns renamed to this shape's keys."""
+        if not self.columns:
+            return row
+        return {**row, **{key: row[col] for key, col in self.columns.items() if col in row}}
 
 
 ROW_FORMATS: Registry[RowFormat] = Registry("row format")
 
 
-def register_format(name: str, required: tuple[str, ...]):
+def register_format(name: str, required: tuple[str, ...], optional: tuple[str, ...] = ()):
     """Decorator: register a function `row -> messages` as the format `name`."""
 
     def wrap(fn: Callable[[Mapping[str, Any]], list[Message]]) -> Callable:
-        ROW_FORMATS.register(name, RowFormat(name, required, fn))
+        ROW_FORMATS.register(name, RowFormat(name, required, fn, optional))
         return fn
 
     return wrap
@@ -46,46 +69,68 @@ def register_format(name: str, required: tuple[str, ...]):
 
 @register_format("messages", ("messages",))
 def _messages(row: Mapping[str, Any]) -> list[Message]:
-    messages = row["messages"]
-    if not isinstance(messages, list):
-        raise ValueError(f"'messages' must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
-    return [dict(message) if isinstance(message, Mapping) else message for message in messages]
+    return [_copy(message) for message in _json_list(row, "messages", "{role, content} objects")]
 
 
-@register_format("alpaca", ("instruction", "output"))
+@register_format("sharegpt", ("conversations",))
+def _sharegpt(row: Mapping[str, Any]) -> list[Message]:
+    turns = _json_list(row, "conversations", "{from, value} objects")
+    return _with_system(row, [_sharegpt_message(turn, n) for n, turn in enumerate(turns, 1)])
+
+
+@register_format("alpaca", ("instruction", "output"), ("input", "history"))
 def _alpaca(row: Mapping[str, Any]) -> list[Message]:
     instruction, extra = row["instruction"], row.get("input") or ""
     prompt = f"{instruction}\n\n{extra}" if isinstance(instruction, str) and extra else instruction
-    return _with_system(row, prompt, row["output"])
+    history = [{"role": role, "content": text}
+               for pair in _history(row) for role, text in zip(("user", "assistant"), pair)]
+    return _with_system(row, [*history, _turn("user", prompt), _turn("assistant", row["output"])])
 
 
 @register_format("prompt-completion", ("prompt", "completion"))
 def _prompt_completion(row: Mapping[str, Any]) -> list[Message]:
-    return _with_system(row, row["prompt"], row["completion"])
+    prompt = _turns(row["prompt"], "user", train=False)
+    return _with_system(row, [*prompt, *_turns(row["completion"], "assistant")])
 
 
 @register_format("question-answer", ("question", "answer"))
 def _question_answer(row: Mapping[str, Any]) -> list[Message]:
-    return _with_system(row, row["question"], row["answer"])
+    return _with_system(row, [_turn("user", row["question"]), _turn("assistant", row["answer"])])
 
 
 @register_format("input-output", ("input", "output"))
 def _input_output(row: Mapping[str, Any]) -> list[Message]:
-    return _with_system(row, row["input"], row["output"])
+    return _with_system(row, [_turn("user", row["input"]), _turn("assistant", row["output"])])
 
 
-def _with_system(row: Mapping[str, Any], prompt: Any, reply: Any) -> list[Message]:
-    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    return [*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+def column_format(columns: Mapping[str, str]) -> RowFormat:
+    """A registered shape read from other column names: {shape key: your column}.
+
+    The shape is the first one whose required keys `columns` names.
+    >>> column_format({"prompt": "question", "completion": "answer", "system": "sys"}).name
+    'prompt-completion (prompt=question, completion=answer, system=sys)'
+    """
+    for fmt in ROW_FORMATS:
+        if set(fmt.required) <= set(columns) <= {*fmt.required, *fmt.optional, *SHARED_KEYS}:
+            named = ", ".join(f"{key}={column}" for key, column in columns.items())
+            required = tuple(columns[key] for key in fmt.required)
+            return RowFormat(f"{fmt.name} ({named})", required, fmt.to_messages, fmt.optional,
+                             dict(columns))
+    shapes = "; ".join(
+        f"{f.name}: {' + '.join(f.required)} [{', '.join((*f.optional, *SHARED_KEYS))}]"
+        for f in ROW_FORMATS
+    )
+    raise ConfigError(
+        f"columns={dict(columns)} does not name the keys of one row shape. Map each required key "
+        f"(and any optional one in [...]) to your column name. Shapes: {shapes}."
+    )
 
 
 def key_format(input_key: str, output_key: str) -> RowFormat:
-    """A format for other column names, like Lamini's `load_data_from_jsonlines(path, input_key, output_key)`."""
-    return RowFormat(
-        f"{input_key}/{output_key}",
-        (input_key, output_key),
-        lambda row: _with_system(row, row[input_key], row[output_key]),
-    )
+    """Prompt/completion from two other column names (like Lamini's input_key/output_key)."""
+    fmt = column_format({"prompt": input_key, "completion": output_key})
+    name = f"{input_key}/{output_key}"
+    return RowFormat(name, fmt.required, fmt.to_messages, columns=fmt.columns)
 
 
 @dataclass
@@ -93,71 +138,255 @@ class Conversation:
     messages: list[Message]
     origin: str
     format: str
+    tools: list[dict[str, Any]] | None = None
 
 
-def to_conversations(records: list[Record], row_format: RowFormat | None = None) -> list[Conversation]:
-    """Detect each row's shape, normalize it, and validate it; raise once listing every bad row."""
-    conversations: list[Conversation] = []
-    problems: list[str] = []
+@dataclass
+class Converted:
+    """What `convert_rows` made of the rows: the usable conversations and the rejected rows."""
+
+    conversations: list[Conversation]
+    rejects: list[Reject]
+
+    @property
+    def rows(self) -> int:
+        return len(self.conversations) + len(self.rejects)
+
+    def summary(self) -> str:
+        """E.g. "skipped 3 of 100 rows: 2 roles out of order, 1 unreadable row"."""
+        if not self.rejects:
+            return f"all {self.rows} rows usable"
+        kinds = Counter(reject.kind for reject in self.rejects)
+        reasons = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        return f"skipped {len(self.rejects)} of {self.rows} rows: {reasons}"
+
+
+def convert_rows(
+    records: Iterable[Record],
+    row_format: RowFormat | None = None,
+    *,
+    on_bad_rows: OnBadRows = "raise",
+) -> Converted:
+    """Normalize and validate every row; bad rows raise one DataError, or come back as rejects.
+
+    >>> result = convert_rows(iter_records("chats.jsonl"), on_bad_rows="skip")
+    >>> write_rejects(result.rejects, "rejects.jsonl"); print(result.summary())
+    """
+    if on_bad_rows not in ("raise", "skip"):
+        raise ConfigError(f"on_bad_rows={on_bad_rows!r}: choose 'raise' or 'skip'")
+    result = Converted([], [])
+    sources: dict[str, None] = {}  # ordered set
+    for item in iter_conversations(records, row_format):
+        sources.setdefault(source_name(item.origin))
+        (result.conversations if isinstance(item, Conversation) else result.rejects).append(item)
+    if result.rejects and on_bad_rows == "raise":
+        problems = [f"{reject.origin}: {reject.reason}" for reject in result.rejects]
+        names = list(sources)
+        more = ", ..." if len(names) > 3 else ""
+        where = names[0] if len(names) == 1 else f"{len(names)} files ({', '.join(names[:3])}{more})"
+        raise DataError(summarize_problems(problems, where) + "\nFix these rows, or pass "
+                        "on_bad_rows='skip' to train on the rest and get the rejected rows back.")
+    return result
+
+
+def to_conversations(records: Iterable[Record], row_format: RowFormat | None = None
+                     ) -> list[Conversation]:
+    """Every row as a conversation, or one DataError listing the bad rows (see `convert_rows`)."""
+    return convert_rows(records, row_format).conversations
+
+
+def iter_conversations(records: Iterable[Record], row_format: RowFormat | None = None
+                       ) -> Iterator[Conversation | Reject]:
+    """Stream: each record becomes a Conversation or a Reject, one at a time, in order."""
     for record in records:
         try:
-            fmt = row_format or detect_format(record.row)
-            if row_format and not row_format.matches(record.row):
-                raise ValueError(f"missing key(s) {[k for k in fmt.required if k not in record.row]}")
-            messages = [_clean_message(message) for message in fmt.to_messages(record.row)]
-            validate_conversation(messages)
-        except ValueError as exc:
-            problems.append(f"{record.origin}: {exc}")
-            continue
-        conversations.append(Conversation(messages, record.origin, fmt.name))
-    if problems:
-        raise DataError(summarize_problems(problems, _where(records)))
-    return conversations
+            yield convert_record(record, row_format)
+        except RowProblem as exc:
+            yield Reject(record.origin, str(exc), record.row, exc.kind)
+        except ValueError as exc:  # a custom format's own check
+            yield Reject(record.origin, str(exc), record.row)
+
+
+def convert_record(record: Record, row_format: RowFormat | None = None) -> Conversation:
+    """One record as a validated Conversation; RowProblem says what is wrong and the fix."""
+    if record.problem:
+        raise RowProblem("unreadable row", record.problem)
+    if not isinstance(record.row, Mapping):
+        raise _not_an_object(record.row)
+    fmt = row_format or detect_format(record.row)
+    if not fmt.matches(record.row):
+        missing = [key for key in fmt.required if record.row.get(key) is None]
+        raise RowProblem("missing column", f"missing or null column(s) {missing} (the row has "
+                         f"{sorted(record.row)}); check the column names passed for {fmt.name}")
+    row = fmt.canonical(record.row)
+    messages = [_clean_message(message, n) for n, message in enumerate(fmt.to_messages(row), 1)]
+    validate_conversation(messages)
+    return Conversation(messages, record.origin, fmt.name, _tools(row))
 
 
 def detect_format(row: Any) -> RowFormat:
+    """The first registered shape whose keys the row has; RowProblem naming the shapes if none."""
     if not isinstance(row, Mapping):
-        raise ValueError(f"a row must be a JSON object, got {type(row).__name__}: {str(row)[:60]}")
+        raise _not_an_object(row)
     for fmt in ROW_FORMATS:
         if fmt.matches(row):
             return fmt
+    if "text" in row:
+        raise RowProblem("plain text row", f"a 'text' row without a prompt and reply (keys "
+                         f"{sorted(row)}): SFT needs prompt/reply pairs such as prompt/completion "
+                         "or messages; to train on plain text use task=\"pt\"")
     shapes = "; ".join(f"{f.name} {list(f.required)}" for f in ROW_FORMATS)
-    raise ValueError(
-        f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. "
-        "For other column names pass input_key=... and output_key=... to load_data()"
-    )
+    raise RowProblem("unknown row shape", (
+        f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. For other column "
+        "names pass columns={'prompt': 'your_prompt_column', 'completion': 'your_reply_column'} "
+        "(or input_key=... and output_key=...) to load_data()"))
 
 
-def _clean_message(message: Any) -> Message:
-    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-        raise ValueError(f"each message needs 'role' and 'content', got {str(message)[:80]}")
-    content = message["content"]
-    if isinstance(content, list):  # OpenAI-style content parts
-        if not all(isinstance(p, Mapping) and p.get("type") == "text" for p in content):
-            raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
-        content = "".join(str(part.get("text", "")) for part in content)
-    cleaned = {**message, "content": content}
-    return cleaned
+# Which roles may come right before each role (None: the start of the conversation).
+_MAY_FOLLOW: dict[str, set[str | None]] = {
+    "system": {None},
+    "user": {None, "system", "assistant", "tool"},
+    "assistant": {None, "system", "user", "tool"},
+    "tool": {"assistant", "tool"},
+}
+_ORDER_FIX = {
+    "system": "only the first message may be a system message",
+    "user": "merge the two user messages or put the assistant reply between them",
+    "assistant": "merge the two replies or put the user message between them",
+    "tool": "a tool result must follow the assistant message that called the tool",
+}
 
 
 def validate_conversation(messages: list[Message]) -> None:
-    """Raise ValueError naming the first thing that makes `messages` untrainable."""
+    """Raise RowProblem naming the first thing that makes `messages` untrainable."""
     if not messages:
-        raise ValueError("the conversation has no messages")
-    for index, message in enumerate(messages):
+        raise RowProblem("empty conversation", "the conversation has no messages; add some or "
+                         "drop the row")
+    previous: str | None = None
+    for n, message in enumerate(messages, 1):
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise ValueError(f"message {index} has unknown role '{role}'; use one of {', '.join(ROLES)}")
+            raise RowProblem("unknown role", f"message {n} has unknown role {role!r}; use one "
+                             f"of {', '.join(ROLES)}")
+        blank = isinstance(content, str) and not content.strip() and role != "system"
+        if content is None or blank:
+            raise RowProblem("empty message", f"message {n} ({role}) is empty; write its text or "
+                             "drop the row")
         if not isinstance(content, str):
-            raise ValueError(f"message {index} ({role}) content must be text, got {type(content).__name__}")
-        if not content.strip() and role != "system":
-            raise ValueError(f"message {index} ({role}) is empty")
-        if role == "system" and index != 0:
-            raise ValueError(f"message {index} is a system message; only the first message may be one")
-    if messages[-1]["role"] != "assistant":
-        raise ValueError("the conversation must end with an assistant reply to learn from")
+            raise RowProblem("non-text content", f"message {n} ({role}) content must be text, got "
+                             f"{type(content).__name__}; convert it to a string or drop the row")
+        if previous not in _MAY_FOLLOW[role]:
+            raise RowProblem("roles out of order", f"roles out of order: message {n} ({role}) "
+                             f"{_position(role, previous)}; {_ORDER_FIX[role]}")
+        previous = role
+    if previous != "assistant":
+        raise RowProblem("no final reply", "the conversation must end with an assistant reply to "
+                         f"learn from, but message {len(messages)} is {_a(previous)} message; add "
+                         "the reply or drop the row")
 
 
-def _where(records: list[Record]) -> str:
-    origins = {record.origin.rsplit(":", 1)[0].split("[")[0] for record in records[:1]}
-    return next(iter(origins), "the data")
+# -- helpers -------------------------------------------------------------------------------------
+def _turn(role: str, content: Any) -> Message:
+    return {"role": role, "content": content}
+
+
+def _copy(message: Any) -> Any:
+    return dict(message) if isinstance(message, Mapping) else message
+
+
+def _with_system(row: Mapping[str, Any], messages: list[Any]) -> list[Any]:
+    first = messages[0] if messages else None
+    if not row.get("system") or (isinstance(first, Mapping) and first.get("role") == "system"):
+        return messages
+    return [_turn("system", row["system"]), *messages]
+
+
+def _turns(value: Any, role: str, train: bool = True) -> list[Any]:
+    """A prompt or completion: a string (one message) or a list of messages."""
+    if not isinstance(value, list):
+        return [_turn(role, value)]
+    messages = [_copy(message) for message in value]
+    for message in messages:
+        if not train and isinstance(message, dict) and message.get("role") == "assistant":
+            message["train"] = False
+    return messages
+
+
+def _json_list(row: Mapping[str, Any], key: str, of: str) -> list[Any]:
+    """`row[key]` as a list; a JSON string of a list (as in a CSV cell) is parsed."""
+    value = row.get(key)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowProblem("wrong type", f"'{key}' is not valid JSON ({exc}); fix it") from None
+    if not isinstance(value, list):
+        raise RowProblem("wrong type", f"'{key}' must be a list of {of}, got "
+                         f"{type(value).__name__}: {str(value)[:60]}")
+    return value
+
+
+def _sharegpt_message(turn: Any, n: int) -> Any:
+    if not isinstance(turn, Mapping) or "from" not in turn:
+        return _copy(turn)  # a {role, content} message, or one that _clean_message explains
+    if turn["from"] not in SHAREGPT_ROLES:
+        raise RowProblem("unknown role", f"message {n} has unknown ShareGPT role "
+                         f"{turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+    value = turn.get("value")
+    if isinstance(value, (dict, list)):  # a function call written as an object
+        value = json.dumps(value, ensure_ascii=False)
+    return _turn(SHAREGPT_ROLES[turn["from"]], value)
+
+
+def _history(row: Mapping[str, Any]) -> list[Any]:
+    if not row.get("history"):
+        return []
+    pairs = _json_list(row, "history", "[user, assistant] pairs")
+    for n, pair in enumerate(pairs, 1):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise RowProblem("wrong type", f"history entry {n} must be a [user, assistant] pair, "
+                             f"got {str(pair)[:60]}")
+    return pairs
+
+
+def _tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    if not row.get("tools"):
+        return None
+    tools = _json_list(row, "tools", "tool definitions (or a JSON string of that list)")
+    if not all(isinstance(tool, Mapping) for tool in tools):
+        raise RowProblem("wrong type", "'tools' must hold one object per tool, e.g. "
+                         "{'name': ..., 'description': ..., 'parameters': {...}}")
+    return [dict(tool) for tool in tools]
+
+
+def _clean_message(message: Any, n: int) -> Message:
+    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+        raise RowProblem("missing role or content", f"message {n} needs 'role' and 'content', "
+                         f"got {str(message)[:80]}; add them or drop the row")
+    content = message["content"]
+    if isinstance(content, list):  # OpenAI-style content parts
+        other = [p for p in content if not (isinstance(p, Mapping) and p.get("type") == "text")]
+        if other:
+            raise RowProblem("non-text content", f"message {n} ({message['role']}) has a non-text "
+                             f"part {str(other[0])[:60]}; only {{'type': 'text', 'text': ...}} "
+                             "parts can be trained: drop the others or the row")
+        content = "".join(str(part.get("text", "")) for part in content)
+    return {**message, "content": content}
+
+
+def _a(word: str | None) -> str:
+    return f"{'an' if word == 'assistant' else 'a'} {word}"
+
+
+def _position(role: str, previous: str | None) -> str:
+    if previous is None:
+        return "comes first"
+    if previous == role:
+        return f"follows another {role} message"
+    return f"follows {_a(previous)} message"
+
+
+def _not_an_object(row: Any) -> RowProblem:
+    return RowProblem("wrong type", f"a row must be an object with named fields, got "
+                      f"{type(row).__name__}: {str(row)[:60]}; write each row as "
+                      '{"prompt": ..., "completion": ...} or another known shape')

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.control_tokens import ControlTokenPolicy
 from ..data.encoding import ChatEncoder, TrainOn
-from ..data.loading import Record
+from ..data.formats import OnBadRows
+from ..data.loading import Record, Reject
 from ..registry import Registry
 
 
@@ -24,6 +25,8 @@ class DataOptions:
     max_length: int = 1024
     input_key: str | None = None
     output_key: str | None = None
+    columns: dict[str, str] | None = None
+    on_bad_rows: OnBadRows = "raise"
     train_on: TrainOn = "assistant"
     on_control_tokens: ControlTokenPolicy = "text"
 
@@ -35,6 +38,7 @@ class DataReport:
     source: str
     rows: int
     formats: dict[str, int]
+    rejected: str = ""  # summary of rows skipped with on_bad_rows="skip"
     train_examples: int = 0
     val_examples: int = 0
     truncated: int = 0
@@ -59,6 +63,7 @@ class DataReport:
         share = self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
         lines = [
             f"Read {self.rows} rows from {self.source} [{formats}]",
+            *([f"  {self.rejected} (written to rejects.jsonl in the run folder)"] if self.rejected else []),
             f"  train: {self.train_examples} examples, validation: {self.val_examples}",
             f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%}); lengths "
             + " ".join(f"{k}={v}" for k, v in self.length_percentiles().items()),
@@ -85,6 +90,8 @@ class PreparedData:
     train: Dataset
     validation: Dataset | None
     report: DataReport
+    max_length: int = 1024  # the longest an example may be; packed rows hold up to this many tokens
+    rejects: list[Reject] = field(default_factory=list)  # rows skipped with on_bad_rows="skip"
 
 
 class Task(Protocol):

@@ -11,8 +11,8 @@ from transformers import PreTrainedTokenizerBase
 from ..data.collator import PaddingCollator
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
 from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
-from ..data.formats import Conversation, Message, key_format, to_conversations
-from ..data.loading import Record, summarize_problems
+from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
+from ..data.loading import Record, source_name, summarize_problems
 from ..data.split import train_val_split
 from ..errors import ConfigError, DataError
 from .base import DataOptions, DataReport, PreparedData, register_task
@@ -23,11 +23,16 @@ class SFTTask:
 
     def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
         row_format = None
-        if options.input_key or options.output_key:
+        if options.columns:
+            row_format = column_format(options.columns)
+        elif options.input_key or options.output_key:
             row_format = key_format(options.input_key or "input", options.output_key or "output")
-        conversations = to_conversations(records, row_format)
-        source = records[0].origin.rsplit(":", 1)[0].split("[")[0] if records else "data"
-        report = DataReport(source, len(records), dict(Counter(c.format for c in conversations)))
+        converted = convert_rows(records, row_format, on_bad_rows=options.on_bad_rows)
+        conversations = converted.conversations
+        source = source_name(records[0].origin) if records else "data"
+        report = DataReport(source, converted.rows, dict(Counter(c.format for c in conversations)))
+        if converted.rejects:
+            report.rejected = converted.summary()
         encoder = self._apply_control_token_policy(conversations, encoder, options, report)
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
@@ -36,7 +41,7 @@ class SFTTask:
         if len(train) == 0:
             raise DataError(f"No trainable example is left in {source}:\n{report}")
         report.train_examples, report.val_examples = len(train), len(validation or [])
-        return PreparedData(train, validation, report)
+        return PreparedData(train, validation, report, options.max_length, converted.rejects)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> PaddingCollator:
         return PaddingCollator(tokenizer.pad_token_id)

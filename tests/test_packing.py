@@ -1,0 +1,108 @@
+"""Packing equals no packing, attention never crosses an example, and the chunked loss is exact."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from easyllm.data.collator import PaddingCollator
+from easyllm.data.encoding import IGNORE_INDEX, ChatEncoder
+from easyllm.data.packing import PackedCollator, best_fit_decreasing, pack_row
+from easyllm.loss import trained_token_loss, trained_token_loss_sum
+
+
+@pytest.fixture(scope="module")
+def model64(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+
+
+@pytest.fixture
+def examples(tokenizer):
+    from datasets import Dataset
+
+    encoder = ChatEncoder(tokenizer)
+    rng = random.Random(0)
+    rows = {"input_ids": [], "labels": []}
+    for index in range(9):
+        question = " ".join(rng.choice(["who", "are", "you", "the", "capital"]) for _ in range(rng.randint(1, 12)))
+        answer = " ".join(rng.choice(["I", "am", "Lumen", "Paris", "."]) for _ in range(rng.randint(1, 9)))
+        encoded = encoder.encode([{"role": "user", "content": f"{question} {index}"},
+                                  {"role": "assistant", "content": answer}])
+        rows["input_ids"].append(encoded.input_ids)
+        rows["labels"].append(encoded.labels)
+    return Dataset.from_dict(rows)
+
+
+def _loss_sum(model, batch) -> tuple[float, int]:
+    with torch.no_grad():
+        loss, count = trained_token_loss(model, batch)
+    return loss.item(), count
+
+
+def test_best_fit_decreasing_packs_every_item_once_within_capacity():
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 100) for _ in range(200)]
+    bins = best_fit_decreasing(lengths, 128)
+    assert sorted(i for b in bins for i in b) == list(range(200))
+    assert all(sum(lengths[i] for i in b) <= 128 for b in bins)
+    assert len(bins) <= -(-sum(lengths) // 128) * 1.25  # close to the lower bound
+    assert best_fit_decreasing([200, 5], 128) == [[0], [1]]  # too long: a row of its own
+
+
+def test_packing_gives_the_same_loss_as_no_packing(model64, examples):
+    padded = PaddingCollator(pad_token_id=0)([examples[i] for i in range(len(examples))])
+    plain = model64(**{k: v for k, v in padded.items()}).loss.item()  # transformers' own loss
+    unpacked_sum, unpacked_count = _loss_sum(model64, padded)
+    packed = PackedCollator(pad_token_id=0, max_length=128)([examples[i] for i in range(len(examples))])
+    assert len(packed["input_ids"]) < len(examples)
+    packed_sum, packed_count = _loss_sum(model64, packed)
+    assert packed_count == unpacked_count
+    assert packed_sum / packed_count == pytest.approx(unpacked_sum / unpacked_count, abs=1e-10)
+    assert unpacked_sum / unpacked_count == pytest.approx(plain, abs=1e-6)  # logits upcast to fp32 in both
+
+
+def test_no_position_attends_across_an_example(model64, examples):
+    row = pack_row([examples[0], examples[1]])
+    boundary = next(i for i in range(1, len(row["position_ids"])) if row["position_ids"][i] == 0)
+    assert boundary == len(examples[0]["input_ids"])
+    batch = {key: torch.tensor([value]) for key, value in row.items()}
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][0, :boundary] = (changed["input_ids"][0, :boundary] + 7) % model64.config.vocab_size
+    decoder = model64.get_decoder()  # as the Trainer runs it: no cache, no attention mask
+    with torch.no_grad():
+        original = decoder(**batch_inputs(batch), use_cache=False).last_hidden_state
+        perturbed = decoder(**batch_inputs(changed), use_cache=False).last_hidden_state
+    assert not torch.allclose(original[0, :boundary], perturbed[0, :boundary])
+    torch.testing.assert_close(original[0, boundary:], perturbed[0, boundary:], rtol=0, atol=1e-12)
+
+
+def batch_inputs(batch: dict) -> dict:
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+
+
+def test_packed_labels_never_predict_across_a_boundary(examples):
+    row = pack_row([examples[0], examples[1]])
+    starts = [i for i, position in enumerate(row["position_ids"]) if position == 0]
+    assert all(row["labels"][start] == IGNORE_INDEX for start in starts)
+
+
+def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False, dtype=torch.float64)
+    hidden = torch.randn(3, 11, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 11))
+    labels[:, :4] = IGNORE_INDEX
+    labels[1, 7:] = IGNORE_INDEX
+    chunked, count = trained_token_loss_sum(hidden, labels, head, chunk=3)
+    plain = F.cross_entropy(head(hidden)[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    assert count == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(chunked, plain.float())
+    grad_chunked = torch.autograd.grad(chunked, [hidden, head.weight])
+    grad_plain = torch.autograd.grad(plain, [hidden, head.weight])
+    for a, b in zip(grad_chunked, grad_plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
