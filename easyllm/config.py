@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import ConfigError
+from .resources import needs_gradient_checkpointing, prefers_bf16
 
 Method = Literal["lora", "qlora", "full"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -45,8 +46,13 @@ class TrainSettings:
         if problems:
             raise ConfigError("Invalid training settings:\n  " + "\n  ".join(problems))
 
-    def training_arguments(self, output_dir: str, seed: int, has_eval: bool) -> TrainingArguments:
+    def training_arguments(
+        self, output_dir: str, seed: int, has_eval: bool, *, model_config=None, max_length: int = 1024
+    ) -> TrainingArguments:
+        """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here."""
         lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        batch = self.trainer_args.get("per_device_train_batch_size", 8)
         defaults: dict[str, Any] = {
             "num_train_epochs": 3,
             "per_device_train_batch_size": 8,
@@ -65,6 +71,10 @@ class TrainSettings:
             "data_seed": seed,
             "remove_unused_columns": False,
             "dataloader_pin_memory": torch.cuda.is_available(),
+            "bf16": prefers_bf16(device),
+            "gradient_checkpointing": model_config is not None
+            and needs_gradient_checkpointing(model_config, batch * max_length, device),
+            "gradient_checkpointing_kwargs": {"use_reentrant": False},
         }
         return TrainingArguments(output_dir=output_dir, **{**defaults, **self.trainer_args})
 

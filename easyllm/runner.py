@@ -137,7 +137,10 @@ class ModelRunner:
         output_dir = Path(settings.output_dir) if settings.output_dir else _fresh_run_dir(self.model_name)
         print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
               f"the run is saved in {output_dir}")
-        args = settings.training_arguments(str(output_dir), self.seed, self.data.validation is not None)
+        args = settings.training_arguments(
+            str(output_dir), self.seed, self.data.validation is not None,
+            model_config=self.model.config, max_length=self.data.max_length,
+        )
         collator = self.task.collator(self.tokenizer)
         result = run_trainer(self.model, self.tokenizer, self.data, collator, args, packing=settings.packing)
         result.metrics["trainable_parameters"] = trainable
