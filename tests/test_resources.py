@@ -6,7 +6,12 @@ import torch
 from transformers import LlamaConfig
 
 from easyllm.config import TrainSettings
-from easyllm.resources import activation_bytes, free_memory_bytes, needs_gradient_checkpointing, prefers_bf16
+from easyllm.resources import (
+    activation_bytes,
+    free_memory_bytes,
+    needs_gradient_checkpointing,
+    prefers_bf16,
+)
 
 SMALL = LlamaConfig(hidden_size=576, num_hidden_layers=30)
 
