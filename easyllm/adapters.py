@@ -8,7 +8,9 @@ from transformers import PreTrainedModel
 from .config import TrainSettings
 
 
-def make_trainable(model: PreTrainedModel, settings: TrainSettings) -> PreTrainedModel:
+def make_trainable(
+    model: PreTrainedModel, settings: TrainSettings, task_type: str = "CAUSAL_LM"
+) -> PreTrainedModel:
     """Return the model to hand to the Trainer; an existing adapter keeps training."""
     keep_4bit_weights_trainable(model)
     if settings.method == "full":
@@ -21,7 +23,7 @@ def make_trainable(model: PreTrainedModel, settings: TrainSettings) -> PreTraine
         # Freezes the 4-bit base and keeps norms in fp32; checkpointing stays the user's choice.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS keeps a classification head fully trained
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,

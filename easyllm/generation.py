@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from .data.encoding import ChatEncoder
 from .data.formats import Message
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
+# Qwen3-style templates train an empty reasoning block before each reply; it is not an answer.
+_EMPTY_THINK = re.compile(r"^\s*<think>\s*</think>\s*")
 
 
 @torch.inference_mode()
@@ -39,4 +42,5 @@ def generate_replies(
     )
     model.train(was_training)
     new_tokens = output[:, longest:]
-    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new_tokens]
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new_tokens]
+    return [_EMPTY_THINK.sub("", text).strip() for text in texts]

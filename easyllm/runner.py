@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from peft import PeftModel
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 
 from . import __version__
 from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
@@ -21,11 +21,11 @@ from .data.encoding import ChatEncoder, TrainOn
 from .data.formats import Message, OnBadRows
 from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
+from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
-from .evaluation import evaluate_loss
 from .generation import generate_replies
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
-from .modeling import DEFAULT_MODEL, ensure_pad_token, load_causal_lm, load_tokenizer, resolve_model
+from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
 from .training import TrainResult, run_trainer, write_run_records
 
@@ -65,12 +65,17 @@ class ModelRunner:
         self.trust_remote_code = trust_remote_code
         self._source = resolve_model(model)
         self.tokenizer = load_tokenizer(_tokenizer_source or self._source, trust_remote_code=trust_remote_code)
-        if template:
-            self.tokenizer.chat_template = template  # saved with the tokenizer, so reloads chat the same
-        self.encoder = ChatEncoder(self.tokenizer)
-        self.model = self._load_model(method)
+        self.template: ResolvedTemplate | None = None
+        self.encoder: ChatEncoder | None = None
+        if self.task.uses_chat_template:
+            model_type = getattr(AutoConfig.from_pretrained(self._source, trust_remote_code=trust_remote_code),
+                                 "model_type", None)
+            self.template = resolve_template(self.tokenizer, template=template, model_type=model_type)
+            self.tokenizer.chat_template = self.template.source  # saved with the tokenizer: reloads chat the same
+            self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
         self.last_result: TrainResult | None = None
+        self.model = self._load_model(method)
 
     # -- the three lines ---------------------------------------------------------------------
     def load_data(
@@ -104,6 +109,8 @@ class ModelRunner:
             train_on=train_on, on_control_tokens=on_control_tokens,
         )
         self.data = self.task.prepare(read_source(source), self.encoder, options)
+        if self.template is not None:
+            self.data.report.template = f"{self.template.name} ({self.template.reason})"
         print(self.data.report)
         return self.data.report
 
@@ -132,7 +139,9 @@ class ModelRunner:
         self._switch_method(settings.method)
         self.settings = settings
         set_seed(self.seed)  # LoRA weights are initialised before the Trainer seeds anything
-        self.model = make_trainable(self.model, settings)
+        if self.model is None:  # a task whose model depends on the data (e.g. its labels)
+            self.model = self._load_model(settings.method)
+        self.model = make_trainable(self.model, settings, task_type=self.task.peft_task_type)
         trainable, total = count_parameters(self.model)
         output_dir = Path(settings.output_dir) if settings.output_dir else _fresh_run_dir(self.model_name)
         print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
@@ -141,15 +150,17 @@ class ModelRunner:
             str(output_dir), self.seed, self.data.validation is not None,
             model_config=self.model.config, max_length=self.data.max_length,
         )
-        collator = self.task.collator(self.tokenizer)
-        result = run_trainer(self.model, self.tokenizer, self.data, collator, args, packing=settings.packing)
+        trainer = self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings)
+        result = run_trainer(trainer, self.data)
         result.metrics["trainable_parameters"] = trainable
+        if self.data.validation is not None:
+            result.metrics.update(self.evaluate())
         self.save(output_dir, _result=result)
         self.last_result = result
         return result
 
     def evaluate(self, data: DataSource | None = None, *, batch_size: int = 8) -> dict[str, float]:
-        """Eval loss and perplexity on the held-out split, or on `data` (any load_data source)."""
+        """The task's held-out metrics (SFT: eval loss and perplexity) on the validation split or `data`."""
         if data is not None:
             options = DataOptions(val_size=0, seed=self.seed)
             dataset = self.task.prepare(read_source(data), self.encoder, options).train
@@ -160,7 +171,7 @@ class ModelRunner:
                 "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
                 "or pass data=... to evaluate()."
             )
-        return evaluate_loss(self.model, dataset, self.task.collator(self.tokenizer), batch_size)
+        return self.task.evaluate(self._require_model(), self.tokenizer, dataset, batch_size)
 
     @overload
     def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
@@ -176,6 +187,8 @@ class ModelRunner:
         Greedy by default; pass temperature/top_p/top_k to sample. The prompt is rendered with
         the same template and tokenization as training, and generation stops at end-of-turn.
         """
+        if not self.task.generative or self.encoder is None:
+            raise UsageError(f"generate() needs a generative task; task '{self.task_name}' is not one.")
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
@@ -232,16 +245,23 @@ class ModelRunner:
 
     # -- internals ---------------------------------------------------------------------------
     def _load_model(self, method: str):
-        model = load_causal_lm(
-            self._source, quantize_4bit=method == "qlora", trust_remote_code=self.trust_remote_code
+        model = self.task.load_model(
+            self._source, quantize_4bit=method == "qlora", trust_remote_code=self.trust_remote_code, data=self.data
         )
-        ensure_pad_token(self.tokenizer, model, self.encoder.end_of_turn_ids)
-        keep_4bit_weights_trainable(model)  # before any generate() can repack them
+        end_of_turn = self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
+        ensure_pad_token(self.tokenizer, model, [t for t in end_of_turn if t is not None])
+        if model is not None:
+            keep_4bit_weights_trainable(model)  # before any generate() can repack them
         return model
+
+    def _require_model(self):
+        if self.model is None:
+            raise UsageError(f"Task '{self.task_name}' builds its model from the data: call load_data() and train().")
+        return self.model
 
     def _switch_method(self, method: str) -> None:
         """QLoRA needs a 4-bit base, the others a full-precision one: reload if needed."""
-        if (method == "qlora") == is_4bit(self.model):
+        if self.model is None or (method == "qlora") == is_4bit(self.model):
             return
         if isinstance(self.model, PeftModel) or self.last_result is not None:
             raise UsageError(
@@ -251,7 +271,7 @@ class ModelRunner:
         self.model = self._load_model(method)
 
     def __repr__(self) -> str:
-        trainable, total = count_parameters(self.model)
+        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
         data = f", train={self.data.report.train_examples}" if self.data else ""
         return (f"ModelRunner(model={self.model_name!r}, task={self.task_name!r}, "
                 f"method={self.settings.method!r}, parameters={total:,}, trainable={trainable:,}{data})")

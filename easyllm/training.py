@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-from .data.packing import PackedCollator
 from .loss import trained_token_loss
-from .tasks.base import PreparedData
+
+if TYPE_CHECKING:
+    from .tasks.base import PreparedData
 
 
 @dataclass
@@ -29,30 +29,14 @@ class TrainResult:
         return f"TrainResult({shown}; saved in {self.output_dir})"
 
 
-def run_trainer(
-    model, tokenizer, data: PreparedData, collator, args: TrainingArguments, *, packing: bool
-) -> TrainResult:
-    """Train on `data`; with `packing`, each batch's examples share rows of `data.max_length` tokens."""
-    if packing:
-        collator = PackedCollator(tokenizer.pad_token_id, data.max_length)
-    trainer = TrainedTokenTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        data_collator=collator,
-        processing_class=tokenizer,
-    )
+def run_trainer(trainer: Trainer, data: PreparedData) -> TrainResult:
+    """Train and collect the training metrics (held-out metrics are the task's `evaluate`)."""
     output = trainer.train()
     metrics: dict[str, float] = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
     metrics["train_loss"] = output.training_loss
-    if data.validation is not None:
-        eval_loss = trainer.evaluate()["eval_loss"]
-        metrics["eval_loss"] = eval_loss
-        metrics["eval_perplexity"] = math.exp(min(eval_loss, 50.0))
     metrics["train_examples"] = len(data.train)
     metrics["global_step"] = output.global_step
-    return TrainResult(metrics, Path(args.output_dir), list(trainer.state.log_history))
+    return TrainResult(metrics, Path(trainer.args.output_dir), list(trainer.state.log_history))
 
 
 def write_run_records(result: TrainResult, folder: Path) -> None:

@@ -198,3 +198,20 @@ def test_skipped_rows_are_counted_and_written_to_the_run_folder(tiny_model_dir, 
     rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [r["origin"] for r in rejects] == ["data[12]", "data[13]"]
     assert rejects[0]["row"] == {"prompt": "no reply"} and rejects[1]["reason"]
+
+
+def test_runner_says_which_template_and_why(tiny_model_dir, chats):
+    runner = ModelRunner(str(tiny_model_dir))
+    assert runner.template.reason.startswith("the tokenizer's own chat template")
+    named = ModelRunner(str(tiny_model_dir), template="chatml")
+    assert named.template.name == "chatml" and "registered template 'chatml'" in named.template.reason
+    assert named.tokenizer.chat_template == named.template.source  # saved with the tokenizer
+    report = named.load_data(chats, val_size=0)
+    assert "template: chatml (registered template 'chatml'" in str(report)
+
+
+def test_generation_drops_an_empty_reasoning_block():
+    from easyllm.generation import _EMPTY_THINK
+
+    assert _EMPTY_THINK.sub("", "<think>\n\n</think>\n\nI am Lumen.") == "I am Lumen."
+    assert _EMPTY_THINK.sub("", "<think>plan</think> ok") == "<think>plan</think> ok"

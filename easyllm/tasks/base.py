@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from ..data.control_tokens import ControlTokenPolicy
 from ..data.encoding import ChatEncoder, TrainOn
@@ -39,6 +38,7 @@ class DataReport:
     rows: int
     formats: dict[str, int]
     rejected: str = ""  # summary of rows skipped with on_bad_rows="skip"
+    template: str = ""  # which chat template rendered the rows, and why
     train_examples: int = 0
     val_examples: int = 0
     truncated: int = 0
@@ -64,6 +64,7 @@ class DataReport:
         lines = [
             f"Read {self.rows} rows from {self.source} [{formats}]",
             *([f"  {self.rejected} (written to rejects.jsonl in the run folder)"] if self.rejected else []),
+            *([f"  template: {self.template}"] if self.template else []),
             f"  train: {self.train_examples} examples, validation: {self.val_examples}",
             f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%}); lengths "
             + " ".join(f"{k}={v}" for k, v in self.length_percentiles().items()),
@@ -95,16 +96,38 @@ class PreparedData:
 
 
 class Task(Protocol):
-    """A task strategy. Register one with `register_task(name, task)`."""
+    """A task strategy: how rows become model inputs, which model and trainer, which metrics.
+
+    Register one with `register_task(name, task)`; `ModelRunner(task=name)` then uses it.
+    Helpers shared by causal-LM tasks live in `easyllm.tasks.causal`.
+    """
 
     name: str
+    peft_task_type: str  # LoraConfig task_type: "CAUSAL_LM", "SEQ_CLS", ...
+    uses_chat_template: bool  # whether rows are rendered with the chat template
+    generative: bool  # whether runner.generate() makes sense for this task's model
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
+    def load_model(
+        self, source: str, *, quantize_4bit: bool, trust_remote_code: bool, data: PreparedData | None
+    ) -> PreTrainedModel | None:
+        """The model to train; None if it can only be built once the data is known."""
+        ...
+
+    def prepare(self, records: list[Record], encoder: ChatEncoder | None, options: DataOptions) -> PreparedData:
         """Validate and encode rows; split off validation rows. Raise DataError naming bad rows."""
         ...
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict]:
-        """Turn a list of encoded examples into a batch of tensors."""
+    def build_trainer(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+        args: TrainingArguments, settings: Any,
+    ) -> Trainer:
+        """A transformers (or TRL) Trainer ready to train on `data`."""
+        ...
+
+    def evaluate(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+    ) -> dict[str, float]:
+        """Held-out metrics on an encoded dataset."""
         ...
 
 

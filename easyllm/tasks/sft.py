@@ -15,11 +15,20 @@ from ..data.formats import Conversation, Message, column_format, convert_rows, k
 from ..data.loading import Record, source_name, summarize_problems
 from ..data.split import train_val_split
 from ..errors import ConfigError, DataError
+from . import causal
 from .base import DataOptions, DataReport, PreparedData, register_task
 
 
 class SFTTask:
+    """Conversations in, a chat model out: every assistant reply and its end-of-turn token trained."""
+
     name = "sft"
+    peft_task_type = "CAUSAL_LM"
+    uses_chat_template = True
+    generative = True
+    load_model = staticmethod(causal.load_model)
+    build_trainer = staticmethod(causal.build_trainer)
+    evaluate = staticmethod(causal.evaluate)
 
     def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
         row_format = None
@@ -74,11 +83,11 @@ class SFTTask:
         rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
         end_of_turn = set(encoder.end_of_turn_ids)
         for conversation in conversations:
-            encoded = encoder.encode(conversation.messages)
+            encoded = encoder.encode(conversation.messages, tools=conversation.tools)
             if len(encoded.input_ids) > max_length:
                 report.truncated += 1
                 full_trained = encoded.trained_tokens
-                encoded = fit_to_length(encoder, conversation.messages, max_length)
+                encoded = fit_to_length(encoder, conversation.messages, max_length, tools=conversation.tools)
                 report.truncated_trained_tokens += full_trained - (encoded.trained_tokens if encoded else 0)
             if encoded is None or encoded.trained_tokens == 0:
                 report.dropped.append(
@@ -96,7 +105,9 @@ class SFTTask:
         return Dataset.from_dict(rows)
 
 
-def fit_to_length(encoder: ChatEncoder, messages: list[Message], max_length: int) -> Encoded | None:
+def fit_to_length(
+    encoder: ChatEncoder, messages: list[Message], max_length: int, tools: list[dict] | None = None
+) -> Encoded | None:
     """Shorten a conversation to `max_length` tokens, at turn boundaries where possible.
 
     Keeps the system prompt and the latest turns: drops the oldest exchanges (each starting at
@@ -107,10 +118,10 @@ def fit_to_length(encoder: ChatEncoder, messages: list[Message], max_length: int
     rest = messages[len(system):]
     starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > 0]
     for start in starts:
-        shorter = encoder.encode(system + rest[start:])
+        shorter = encoder.encode(system + rest[start:], tools=tools)
         if len(shorter.input_ids) <= max_length and shorter.trained_tokens:
             return shorter
-    last = encoder.encode(system + rest[starts[-1]:]) if starts else encoder.encode(messages)
+    last = encoder.encode(system + rest[starts[-1]:] if starts else messages, tools=tools)
     cut = Encoded(last.input_ids[:max_length], last.labels[:max_length])
     return cut if cut.trained_tokens else None
 
