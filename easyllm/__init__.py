@@ -6,7 +6,13 @@
 >>> print(runner.generate("Who are you?"))
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes warns at import, on every AVX512-BF16 CPU, that an optional hub-downloaded kernel
+# is missing. easyllm never uses that kernel path (see adapters.keep_4bit_weights_trainable).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .errors import (
     ConfigError,

@@ -7,6 +7,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, overload
 
@@ -23,7 +24,7 @@ from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
 from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
-from .generation import generate_replies
+from .generation import generate_replies, stream_reply
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
@@ -175,27 +176,37 @@ class ModelRunner:
 
     @overload
     def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
-                 **sampling: Any) -> str: ...
+                 stop: list[str] | None = ..., **sampling: Any) -> str: ...
 
     @overload
     def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
-                 **sampling: Any) -> list[str]: ...
+                 stop: list[str] | None = ..., **sampling: Any) -> list[str]: ...
 
-    def generate(self, prompt, *, max_new_tokens: int = 256, system: str | None = None, **sampling):
+    def generate(self, prompt, *, max_new_tokens: int = 256, system: str | None = None,
+                 stop: list[str] | None = None, **sampling):
         """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or a message list (-> str).
 
-        Greedy by default; pass temperature/top_p/top_k to sample. The prompt is rendered with
-        the same template and tokenization as training, and generation stops at end-of-turn.
+        Greedy by default; pass temperature, top_p, top_k or repetition_penalty to change that,
+        `stop=["..."]` to end early. The prompt is rendered with the same template and
+        tokenization as training, and generation stops at the end-of-turn token.
         """
-        if not self.task.generative or self.encoder is None:
-            raise UsageError(f"generate() needs a generative task; task '{self.task_name}' is not one.")
+        encoder = self._require_generative()
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             return []
         conversations = [_as_conversation(p, system) for p in prompts]
-        replies = generate_replies(self.model, self.encoder, conversations, max_new_tokens, **sampling)
+        replies = generate_replies(self.model, encoder, conversations, max_new_tokens, stop, **sampling)
         return replies[0] if single else replies
+
+    def stream(self, prompt: str | list[Message], *, max_new_tokens: int = 256, system: str | None = None,
+               stop: list[str] | None = None, **sampling: Any) -> Iterator[str]:
+        """Like generate() for one prompt, but yields the text as it is produced.
+
+        >>> for piece in runner.stream("Tell me a story"): print(piece, end="", flush=True)
+        """
+        encoder = self._require_generative()
+        return stream_reply(self.model, encoder, _as_conversation(prompt, system), max_new_tokens, stop, **sampling)
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None) -> Path:
@@ -237,6 +248,29 @@ class ModelRunner:
             runner.model = PeftModel.from_pretrained(runner.model, str(folder), is_trainable=True)
         return runner
 
+    def merge(self, path: str | os.PathLike) -> Path:
+        """Write the LoRA adapter merged into full-precision base weights: a plain transformers folder.
+
+        A QLoRA model is merged into a freshly loaded full-precision base, never into 4-bit weights.
+        """
+        if not isinstance(self.model, PeftModel):
+            raise UsageError("Nothing to merge: this model has no adapter (train with method='lora' or 'qlora').")
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            self.model.save_pretrained(adapter_dir)
+            base = self.task.load_model(self._source, quantize_4bit=False,
+                                        trust_remote_code=self.trust_remote_code, data=self.data)
+            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target))
+        try:
+            merged.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            _move_into(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload what save() writes to the Hugging Face Hub; returns the repository URL."""
         with tempfile.TemporaryDirectory() as folder:
@@ -253,6 +287,12 @@ class ModelRunner:
         if model is not None:
             keep_4bit_weights_trainable(model)  # before any generate() can repack them
         return model
+
+    def _require_generative(self) -> ChatEncoder:
+        if not self.task.generative or self.encoder is None:
+            raise UsageError(f"generate() needs a generative task; task '{self.task_name}' is not one.")
+        self._require_model()
+        return self.encoder
 
     def _require_model(self):
         if self.model is None:

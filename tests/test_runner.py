@@ -215,3 +215,36 @@ def test_generation_drops_an_empty_reasoning_block():
 
     assert _EMPTY_THINK.sub("", "<think>\n\n</think>\n\nI am Lumen.") == "I am Lumen."
     assert _EMPTY_THINK.sub("", "<think>plan</think> ok") == "<think>plan</think> ok"
+
+
+def test_stream_yields_the_same_text_as_generate(runner, tmp_path):
+    runner.train(output_dir=str(tmp_path), learning_rate=1e-2, **FAST)  # so that it says something
+    expected = runner.generate("Who are you?", max_new_tokens=8)
+    pieces = list(runner.stream("Who are you?", max_new_tokens=8))
+    assert expected and "".join(pieces).strip() == expected
+
+
+def test_stop_strings_reach_generate_and_cut_the_reply(runner):
+    from easyllm.generation import _cut_at_stop, _generation_kwargs
+
+    kwargs = _generation_kwargs(runner.encoder, 8, ["###"], {"temperature": 0.7})
+    assert kwargs["stop_strings"] == ["###"] and kwargs["tokenizer"] is runner.tokenizer
+    assert kwargs["do_sample"] is True  # a sampling option turns sampling on
+    assert _generation_kwargs(runner.encoder, 8, None, {})["do_sample"] is False
+    assert _cut_at_stop("Paris.### Next question", ["###"]) == "Paris."
+    assert isinstance(runner.generate("Hi", max_new_tokens=4, stop=["###"]), str)
+
+
+def test_merge_writes_plain_weights_that_answer_like_the_adapter(runner, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-2, **FAST)
+    runner.merge(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    batch = runner.task.collator(runner.tokenizer)([runner.data.train[i] for i in range(2)])
+    batch.pop("labels")
+    runner.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, runner.model(**batch).logits, rtol=1e-4, atol=1e-4)
+    assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == runner.tokenizer.chat_template
