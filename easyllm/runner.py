@@ -16,7 +16,7 @@ from transformers import AutoConfig, set_seed
 
 from . import __version__
 from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
-from .config import Method, TrainSettings, build_settings
+from .config import SETTINGS_FIELDS, Method, TrainSettings, build_settings
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
 from .data.formats import Message, OnBadRows
@@ -26,6 +26,7 @@ from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
 from .generation import generate_replies, stream_reply
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
+from .model_card import model_card, write_model_card
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
 from .training import TrainResult, run_trainer, write_run_records
@@ -209,8 +210,11 @@ class ModelRunner:
         return stream_reply(self.model, encoder, _as_conversation(prompt, system), max_new_tokens, stop, **sampling)
 
     # -- saving ------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None) -> Path:
-        """Write the adapter (or full weights), tokenizer and settings; reload with ModelRunner.load."""
+    def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None, _repo_id: str | None = None) -> Path:
+        """Write the adapter (or full weights), tokenizer, settings and a model card (README.md).
+
+        Reload with ModelRunner.load(path). Nothing secret is written: tokens never reach a file.
+        """
         target = Path(path)
         target.mkdir(parents=True, exist_ok=True)
         full_weights = self.settings.method == "full"  # the weights themselves are what changed
@@ -225,10 +229,16 @@ class ModelRunner:
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
         try:
             write_model_folder(staging, self.model, self.tokenizer, info)
+            result = _result or self.last_result
+            settings = {**{k: getattr(self.settings, k) for k in SETTINGS_FIELDS}, **self.settings.trainer_args}
+            settings.pop("output_dir", None)
             if _result is not None:
                 write_run_records(_result, staging)
                 if self.data is not None and self.data.rejects:
                     write_rejects(self.data.rejects, staging / "rejects.jsonl")
+            card = model_card(info, settings, result.metrics if result else {}, _repo_id,
+                              has_loss_plot=(staging / "loss.png").exists())
+            write_model_card(staging, card)
             _move_into(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -274,7 +284,7 @@ class ModelRunner:
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Upload what save() writes to the Hugging Face Hub; returns the repository URL."""
         with tempfile.TemporaryDirectory() as folder:
-            self.save(folder)
+            self.save(folder, _repo_id=repo_id)
             return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
 
     # -- internals ---------------------------------------------------------------------------

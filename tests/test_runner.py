@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 
 from easyllm import ConfigError, ModelRunner, UsageError
@@ -248,3 +249,33 @@ def test_merge_writes_plain_weights_that_answer_like_the_adapter(runner, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, runner.model(**batch).logits, rtol=1e-4, atol=1e-4)
     assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == runner.tokenizer.chat_template
+
+
+def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path, monkeypatch, capsys):
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            from pathlib import Path
+
+            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()})
+
+    runner.train(output_dir=str(tmp_path / "run"), **FAST)
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    secret = "hf_TopSecretToken1234567890"
+    runner.push_to_hub("me/tiny-lumen", token=secret)
+    card = uploaded["README.md"].decode()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "peft" and meta["tags"] == ["easyllm", "sft", "lora"]
+    assert meta["base_model"] == str(runner._source)
+    assert "# me/tiny-lumen" in card and "| eval_loss |" in card and "ModelRunner.load('me/tiny-lumen')" in card
+    assert "`learning_rate`" in card or "`lora_r`: 16" in card
+    assert all(secret.encode() not in content for content in uploaded.values())
+    assert secret not in capsys.readouterr().out
+    assert (tmp_path / "run" / "README.md").is_file()  # the run folder has the card too
