@@ -28,6 +28,7 @@ from .generation import generate_replies, stream_reply
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
 from .model_card import model_card, write_model_card
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
+from .notebook import LiveLossPlot, Metrics, html_table, in_notebook
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
 from .training import TrainResult, run_trainer, write_run_records
 
@@ -153,6 +154,8 @@ class ModelRunner:
             model_config=self.model.config, max_length=self.data.max_length,
         )
         trainer = self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings)
+        if in_notebook():
+            trainer.add_callback(LiveLossPlot())
         result = run_trainer(trainer, self.data)
         result.metrics["trainable_parameters"] = trainable
         if self.data.validation is not None:
@@ -161,7 +164,7 @@ class ModelRunner:
         self.last_result = result
         return result
 
-    def evaluate(self, data: DataSource | None = None, *, batch_size: int = 8) -> dict[str, float]:
+    def evaluate(self, data: DataSource | None = None, *, batch_size: int = 8) -> Metrics:
         """The task's held-out metrics (SFT: eval loss and perplexity) on the validation split or `data`."""
         if data is not None:
             options = DataOptions(val_size=0, seed=self.seed)
@@ -173,7 +176,7 @@ class ModelRunner:
                 "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
                 "or pass data=... to evaluate()."
             )
-        return self.task.evaluate(self._require_model(), self.tokenizer, dataset, batch_size)
+        return Metrics(self.task.evaluate(self._require_model(), self.tokenizer, dataset, batch_size))
 
     @overload
     def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
@@ -319,6 +322,21 @@ class ModelRunner:
                 f"method='{method}', start a new ModelRunner."
             )
         self.model = self._load_model(method)
+
+    def _repr_html_(self) -> str:
+        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
+        rows: dict[str, Any] = {
+            "model": self.model_name, "task": self.task_name, "method": self.settings.method,
+            "parameters": f"{total:,}", "trainable": f"{trainable:,}",
+        }
+        if self.template is not None:
+            rows["template"] = f"{self.template.name} ({self.template.reason})"
+        if self.data is not None:
+            rows["train examples"] = self.data.report.train_examples
+            rows["validation examples"] = self.data.report.val_examples
+        if self.last_result is not None:
+            rows.update(self.last_result.metrics)
+        return html_table(rows, "ModelRunner")
 
     def __repr__(self) -> str:
         trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)

@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 
 from .loss import trained_token_loss
+from .notebook import loss_figure
 
 if TYPE_CHECKING:
     from .tasks.base import PreparedData
@@ -27,6 +28,11 @@ class TrainResult:
     def __str__(self) -> str:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items())
         return f"TrainResult({shown}; saved in {self.output_dir})"
+
+    def _repr_html_(self) -> str:
+        from .notebook import html_table
+
+        return html_table({**self.metrics, "saved in": str(self.output_dir)}, "TrainResult")
 
 
 def run_trainer(trainer: Trainer, data: PreparedData) -> TrainResult:
@@ -46,23 +52,9 @@ def write_run_records(result: TrainResult, folder: Path) -> None:
 
 
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works in scripts, servers and notebooks alike
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    if train:
-        axes.plot(*zip(*train), label="train loss")
-    if evals:
-        axes.plot(*zip(*evals), "o-", label="eval loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
+    figure = loss_figure(log_history)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 

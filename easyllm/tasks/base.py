@@ -51,6 +51,13 @@ class DataReport:
     lengths: list[int] = field(default_factory=list, repr=False)
     unterminated_replies: int = 0  # trained replies whose end-of-turn token is not trained
 
+    def _repr_html_(self) -> str:
+        from ..notebook import html_table
+
+        lines = str(self).splitlines()
+        return html_table({line.split(":")[0].strip(): line.split(":", 1)[1].strip() if ":" in line else ""
+                           for line in lines[1:]}, lines[0])
+
     def length_percentiles(self) -> dict[str, int]:
         ordered = sorted(self.lengths)
         if not ordered:

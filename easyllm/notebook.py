@@ -1,0 +1,81 @@
+"""Jupyter niceties: HTML tables and a loss curve that updates in place while training."""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (not in a terminal IPython or a plain script)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def html_table(rows: Mapping[str, Any], title: str | None = None) -> str:
+    """A two-column HTML table; floats shown with 4 significant digits."""
+    cells = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(str(k))}</td>"
+        f"<td style='text-align:left'>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
+        for k, v in rows.items()
+    )
+    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
+    return f"<table>{caption}{cells}</table>"
+
+
+class Metrics(dict):
+    """A plain dict of metrics that renders as a table in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        return html_table(self, "metrics")
+
+
+def loss_figure(log_history: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    if train:
+        axes.plot(*zip(*train), label="train loss")
+    if evals:
+        axes.plot(*zip(*evals), "o-", label="eval loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    if train or evals:
+        axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+class LiveLossPlot(TrainerCallback):
+    """Redraws the train/eval loss curve in one notebook output while the Trainer logs."""
+
+    def __init__(self) -> None:
+        self._handle = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
+
+        figure = loss_figure(state.log_history)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        plt.close(figure)
+        image = Image(data=buffer.getvalue(), format="png")
+        if self._handle is None:
+            self._handle = display(image, display_id=True)
+        else:
+            self._handle.update(image)
