@@ -200,4 +200,5 @@ def _existing_token_id(tokenizer: PreTrainedTokenizerBase, token: str | None) ->
 def _sync_pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None) -> None:
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:  # classifiers have none
+            model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from peft import PeftModel
 from transformers import AutoConfig, set_seed
@@ -125,20 +125,33 @@ class ModelRunner:
         """
         if self.data is None:
             raise UsageError("Nothing to preview: call runner.load_data(...) first.")
+        if "input_ids" not in self.data.train.column_names:
+            raise UsageError(f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time.")
         dataset = self.data.train if split == "train" else self.data.validation
         if dataset is None:
             raise UsageError("There is no validation split: load_data(..., val_size=0.1) holds one out.")
         rows = [dataset[i] for i in range(min(n, len(dataset)))]
         return Preview([spans(self.tokenizer, row["input_ids"], row["labels"]) for row in rows])
 
-    def train(self, **overrides: Any) -> TrainResult:
+    def train(self, *, resume: bool | str = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
 
+        Checkpoints are written about 4 times per epoch, each complete or absent. `resume=True`
+        continues from the newest checkpoint in `output_dir` (without it: this model's newest
+        unfinished run under easyllm-runs/) and refuses if the data, tokenizer, template or settings
+        changed; `resume="force"` continues anyway. A folder that holds a run is only replaced with
+        `overwrite=True`. Ctrl-C stops after writing a checkpoint. See docs/reliability.md.
+
         >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
+        >>> runner.train(output_dir="runs/a", resume=True)  # after a crash, a kill or Ctrl-C
         """
+        from . import checkpoints as ckpt  # TODO(runner owner): move to the module imports
+
         if self.data is None:
             raise UsageError("No training data yet: call runner.load_data('file.jsonl') before train().")
         settings = build_settings(self.settings, overrides)
+        run, manifest = ckpt.start_run(settings, self.model_name, RUNS_DIR, self.data, self.tokenizer,
+                                       self.template and self.template.source, self.seed, resume, overwrite)
         self._switch_method(settings.method)
         self.settings = settings
         set_seed(self.seed)  # LoRA weights are initialised before the Trainer seeds anything
@@ -146,21 +159,24 @@ class ModelRunner:
             self.model = self._load_model(settings.method)
         self.model = make_trainable(self.model, settings, task_type=self.task.peft_task_type)
         trainable, total = count_parameters(self.model)
-        output_dir = Path(settings.output_dir) if settings.output_dir else _fresh_run_dir(self.model_name)
-        print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
-              f"the run is saved in {output_dir}")
-        args = settings.training_arguments(
-            str(output_dir), self.seed, self.data.validation is not None,
+        args = ckpt.run_arguments(
+            settings, str(run.path), self.seed, self.data.validation is not None,
             model_config=self.model.config, max_length=self.data.max_length,
         )
-        trainer = self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings)
+        ckpt.on_main_process(ckpt.check_free_space, run.path, self.model, args)
+        if ckpt.is_main_process():
+            start = f"; resuming from {run.resume_from.name}" if run.resume_from else ""
+            print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
+                  f"the run is saved in {run.path}{start}")
+        trainer = ckpt.make_resumable(self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
+                                      manifest, run.resume_from)
         if in_notebook():
             trainer.add_callback(LiveLossPlot())
-        result = run_trainer(trainer, self.data)
+        result = run_trainer(trainer, self.data, resume_from=run.resume_from)
         result.metrics["trainable_parameters"] = trainable
         if self.data.validation is not None:
             result.metrics.update(self.evaluate())
-        self.save(output_dir, _result=result)
+        ckpt.save_run(lambda: self.save(run.path, _result=result), run.path)
         self.last_result = result
         return result
 
@@ -212,6 +228,27 @@ class ModelRunner:
         encoder = self._require_generative()
         return stream_reply(self.model, encoder, _as_conversation(prompt, system), max_new_tokens, stop, **sampling)
 
+    @overload
+    def predict(self, texts: list[str] | list[tuple[str, str]], *, return_scores: Literal[False] = ...,
+                batch_size: int = ...) -> list[str | int]: ...
+
+    @overload
+    def predict(self, texts: list[str] | list[tuple[str, str]], *, return_scores: Literal[True],
+                batch_size: int = ...) -> list[tuple[str | int, dict[str | int, float]]]: ...
+
+    def predict(self, texts, *, return_scores=False, batch_size=16):
+        """The label of each text (or (text, text_pair) tuple); with return_scores, each label's probability too.
+
+        >>> runner.predict(["where is my parcel?"])
+        ['track_order']
+        """
+        predict = getattr(self.task, "predict", None)
+        if predict is None:
+            raise UsageError(f"predict() needs a classification task; task '{self.task_name}' is not one "
+                             "(use generate()).")
+        return predict(self._require_model(), self.tokenizer, texts, batch_size=batch_size,
+                       return_scores=return_scores)
+
     # -- saving ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None, _repo_id: str | None = None) -> Path:
         """Write the adapter (or full weights), tokenizer, settings and a model card (README.md).
@@ -229,6 +266,9 @@ class ModelRunner:
             "adapter": isinstance(self.model, PeftModel),
             "trust_remote_code": self.trust_remote_code,
         }
+        saved_info = getattr(self.task, "saved_info", None)  # what a data-built model needs to be rebuilt
+        if saved_info is not None and self.model is not None:
+            info["task_info"] = saved_info(self.model)
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
         try:
             write_model_folder(staging, self.model, self.tokenizer, info)
@@ -257,6 +297,8 @@ class ModelRunner:
             base, task=info["task"], method=info["method"],
             trust_remote_code=info.get("trust_remote_code", False), _tokenizer_source=str(folder),
         )
+        if runner.model is None and info.get("task_info") is not None:  # built from the data (classify: labels)
+            runner.model = runner._load_model(info["method"], task_info=info["task_info"])
         if info.get("adapter"):
             runner.model = PeftModel.from_pretrained(runner.model, str(folder), is_trainable=True)
         return runner
@@ -272,8 +314,13 @@ class ModelRunner:
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as adapter_dir:
             self.model.save_pretrained(adapter_dir)
-            base = self.task.load_model(self._source, quantize_4bit=False,
-                                        trust_remote_code=self.trust_remote_code, data=self.data)
+            saved_info = getattr(self.task, "saved_info", None)
+            if saved_info is not None:  # a head built from the data (classify): rebuilt from what the model knows
+                base = self.task.load_saved(self._source, saved_info(self.model), quantize_4bit=False,
+                                            trust_remote_code=self.trust_remote_code)
+            else:
+                base = self.task.load_model(self._source, quantize_4bit=False,
+                                            trust_remote_code=self.trust_remote_code, data=self.data)
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target))
         try:
@@ -291,10 +338,12 @@ class ModelRunner:
             return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
 
     # -- internals ---------------------------------------------------------------------------
-    def _load_model(self, method: str):
-        model = self.task.load_model(
-            self._source, quantize_4bit=method == "qlora", trust_remote_code=self.trust_remote_code, data=self.data
-        )
+    def _load_model(self, method: str, task_info: dict[str, Any] | None = None):
+        options = {"quantize_4bit": method == "qlora", "trust_remote_code": self.trust_remote_code}
+        if task_info is not None:
+            model = self.task.load_saved(self._source, task_info, **options)
+        else:
+            model = self.task.load_model(self._source, data=self.data, **options)
         end_of_turn = self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
         ensure_pad_token(self.tokenizer, model, [t for t in end_of_turn if t is not None])
         if model is not None:

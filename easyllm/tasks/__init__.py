@@ -1,6 +1,7 @@
 """Task strategies, one module per task, each registered by name in `TASKS`."""
 
-from . import sft  # noqa: F401  (registers "sft")
+from . import sft  # noqa: F401  (registers "sft"; first, so it is listed first)
+from . import classify  # noqa: F401  (registers "classify")
 from .base import TASKS, DataOptions, DataReport, PreparedData, Task, register_task
 
 __all__ = ["TASKS", "DataOptions", "DataReport", "PreparedData", "Task", "register_task"]
