@@ -125,13 +125,13 @@ class ModelRunner:
         """
         if self.data is None:
             raise UsageError("Nothing to preview: call runner.load_data(...) first.")
-        if "input_ids" not in self.data.train.column_names:
+        if not {"input_ids", "prompt_ids"} & set(self.data.train.column_names):
             raise UsageError(f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time.")
         dataset = self.data.train if split == "train" else self.data.validation
         if dataset is None:
             raise UsageError("There is no validation split: load_data(..., val_size=0.1) holds one out.")
         rows = [dataset[i] for i in range(min(n, len(dataset)))]
-        return Preview([spans(self.tokenizer, row["input_ids"], row["labels"]) for row in rows])
+        return Preview([spans(self.tokenizer, *_preview_ids(row)) for row in rows])
 
     def train(self, *, resume: bool | str = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
@@ -392,6 +392,14 @@ class ModelRunner:
         data = f", train={self.data.report.train_examples}" if self.data else ""
         return (f"ModelRunner(model={self.model_name!r}, task={self.task_name!r}, "
                 f"method={self.settings.method!r}, parameters={total:,}, trainable={trainable:,}{data})")
+
+
+def _preview_ids(row: dict) -> tuple[list[int], list[int]]:
+    """input_ids and labels; a preference row shows its prompt and first reply (chosen / completion)."""
+    if "input_ids" in row:
+        return row["input_ids"], row["labels"]
+    reply = row.get("chosen_ids", row.get("completion_ids", []))
+    return row["prompt_ids"] + reply, [-100] * len(row["prompt_ids"]) + reply
 
 
 def _as_conversation(prompt: str | list[Message], system: str | None) -> list[Message]:

@@ -1,0 +1,87 @@
+"""Direct Preference Optimization: learn from pairs of a preferred and a rejected reply.
+
+The loss is TRL's `DPOTrainer`; easyllm hands it token ids made with the chat template (see
+`preference.py`), so the prompt the model learns from is the one `generate()` gives it. With
+LoRA or QLoRA the reference model is the same weights with the adapter disabled (no second
+copy); with full fine-tuning TRL computes the reference log-probs once, before training.
+
+>>> runner = ModelRunner(task="dpo")
+>>> runner.load_data([{"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What."}] * 8)
+>>> runner.train().metrics["eval_reward_accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from ..data.encoding import ChatEncoder
+from ..data.loading import Record
+from . import causal, preference
+from .base import DataOptions, PreparedData, register_task
+
+BETA = 0.1  # TRL's default: how far the policy may move from the reference
+
+
+def _keep_ids(self, dataset, processing_class, args, dataset_name):
+    return dataset  # already `prompt_ids` / `chosen_ids` / `rejected_ids` from our encoder
+
+
+class DPOTask:
+    """Pairs in ({"prompt", "chosen", "rejected"} or ShareGPT), a model that prefers the chosen replies."""
+
+    name = "dpo"
+    peft_task_type = "CAUSAL_LM"
+    uses_chat_template = True
+    generative = True
+    load_model = staticmethod(causal.load_model)
+
+    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
+        return preference.prepare_rows(records, encoder, options, preference.parse_pair)
+
+    def build_trainer(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+        args: TrainingArguments, settings,
+    ) -> Trainer:
+        config_cls = preference.trl_class("trl", "DPOConfig")
+        trainer_cls = preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids)
+        with_adapter = isinstance(model, PeftModel)
+        config = preference.trl_config(
+            config_cls, args, beta=BETA, max_length=data.max_length,
+            precompute_ref_log_probs=not with_adapter,  # full fine-tuning: no second copy either
+        )
+        trainer = trainer_cls(
+            model=model, ref_model=None, args=config, train_dataset=data.train,
+            eval_dataset=data.validation, processing_class=tokenizer,
+        )
+        if not with_adapter:
+            setattr(model, preference.REFERENCE_STORED, True)
+            if data.validation is not None:
+                data.validation = trainer.eval_dataset  # with ref_chosen_logps / ref_rejected_logps
+        return trainer
+
+    def evaluate(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+    ) -> dict[str, float]:
+        """Implied rewards beta * (log p_policy - log p_reference) of held-out pairs: accuracy and margin."""
+        rewards = {}
+        for side in preference.SIDES:
+            policy, _ = preference.completion_logps(
+                model, dataset["prompt_ids"], dataset[f"{side}_ids"], tokenizer.pad_token_id, batch_size
+            )
+            reference = preference.reference_logps(
+                model, dataset, side, f"ref_{side}_logps", tokenizer.pad_token_id, batch_size
+            )
+            rewards[side] = BETA * (policy - (policy if reference is None else reference))
+        margin = rewards["chosen"] - rewards["rejected"]
+        return {
+            "eval_reward_accuracy": (margin > 0).float().mean().item(),
+            "eval_reward_margin": margin.mean().item(),
+            "eval_chosen_reward": rewards["chosen"].mean().item(),
+            "eval_rejected_reward": rewards["rejected"].mean().item(),
+            "eval_pairs": len(dataset),
+        }
+
+
+register_task("dpo", DPOTask())

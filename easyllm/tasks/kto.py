@@ -1,0 +1,102 @@
+"""Kahneman-Tversky Optimization: learn from single replies labelled good (true) or bad (false).
+
+Unlike DPO it needs no pairs: {"messages": [...], "label": true} or {"prompt", "completion",
+"label"} (any SFT row shape plus a boolean label). The loss is TRL's `KTOTrainer`, fed token ids
+from easyllm's encoder; the reference is the adapter-disabled base with LoRA/QLoRA, or log-probs
+computed once before full fine-tuning.
+
+>>> runner = ModelRunner(task="kto")
+>>> runner.load_data([{"prompt": "Hi", "completion": "Hello!", "label": True},
+...                   {"prompt": "Hi", "completion": "Go away.", "label": False}] * 4)
+>>> runner.train().metrics["eval_reward_accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from ..data.encoding import ChatEncoder
+from ..data.loading import Record
+from . import causal, preference
+from .base import DataOptions, PreparedData, register_task
+
+BETA = 0.1  # TRL's default
+
+
+def _keep_ids(self, dataset, processing_class, args, dataset_name):
+    """Rows are already `prompt_ids` / `completion_ids`; only add the KL term's mismatched completions.
+
+    As TRL does: within each batch, every prompt is paired with its neighbour's completion.
+    """
+    if not self.calculate_KL:
+        return dataset
+
+    def rotate(batch):
+        return {"KL_completion_ids": batch["completion_ids"][-1:] + batch["completion_ids"][:-1]}
+
+    return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+
+
+class KTOTask:
+    """Replies labelled desirable or not in; a model that makes the desirable ones likelier."""
+
+    name = "kto"
+    peft_task_type = "CAUSAL_LM"
+    uses_chat_template = True
+    generative = True
+    load_model = staticmethod(causal.load_model)
+
+    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
+        # The KL term pairs neighbouring rows, so TRL reads them in order: shuffle them once here.
+        return preference.prepare_rows(records, encoder, options, preference.parse_labelled, shuffle_train=True)
+
+    def build_trainer(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+        args: TrainingArguments, settings,
+    ) -> Trainer:
+        config_cls = preference.trl_class("trl", "KTOConfig")
+        trainer_cls = preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids)
+        with_adapter = isinstance(model, PeftModel)
+        config = preference.trl_config(
+            config_cls, args, beta=BETA, max_length=data.max_length, train_sampling_strategy="sequential",
+            precompute_ref_log_probs=not with_adapter,
+        )
+        trainer = trainer_cls(
+            model=model, ref_model=None, args=config, train_dataset=data.train,
+            eval_dataset=data.validation, processing_class=tokenizer,
+        )
+        if not with_adapter:
+            setattr(model, preference.REFERENCE_STORED, True)
+            if data.validation is not None:
+                data.validation = trainer.eval_dataset  # with ref_logps
+        return trainer
+
+    def evaluate(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+    ) -> dict[str, float]:
+        """Implied rewards of held-out replies: how often their sign matches the label, and the gap."""
+        pad_id = tokenizer.pad_token_id
+        policy, _ = preference.completion_logps(
+            model, dataset["prompt_ids"], dataset["completion_ids"], pad_id, batch_size
+        )
+        reference = preference.reference_logps(model, dataset, "completion", "ref_logps", pad_id, batch_size)
+        rewards = BETA * (policy - (policy if reference is None else reference))
+        label = torch.tensor(dataset["label"], dtype=torch.bool)
+        desirable, undesirable = rewards[label], rewards[~label]
+        return {
+            "eval_reward_accuracy": _mean(torch.where(label, rewards > 0, rewards < 0).float()),
+            "eval_desirable_reward": _mean(desirable),
+            "eval_undesirable_reward": _mean(undesirable),
+            "eval_reward_margin": _mean(desirable) - _mean(undesirable),
+            "eval_examples": len(dataset),
+        }
+
+
+def _mean(values: torch.Tensor) -> float:
+    return values.mean().item() if len(values) else 0.0
+
+
+register_task("kto", KTOTask())
