@@ -70,7 +70,7 @@ class ModelRunner:
         self.tokenizer = load_tokenizer(_tokenizer_source or self._source, trust_remote_code=trust_remote_code)
         self.template: ResolvedTemplate | None = None
         self.encoder: ChatEncoder | None = None
-        if self.task.uses_chat_template:
+        if self.task.uses_chat_template or self.task.generative:  # generate() renders prompts with it
             model_type = getattr(AutoConfig.from_pretrained(self._source, trust_remote_code=trust_remote_code),
                                  "model_type", None)
             self.template = resolve_template(self.tokenizer, template=template, model_type=model_type)
@@ -112,7 +112,7 @@ class ModelRunner:
             train_on=train_on, on_control_tokens=on_control_tokens,
         )
         self.data = self.task.prepare(read_source(source), self.encoder, options)
-        if self.template is not None:
+        if self.template is not None and self.task.uses_chat_template:
             self.data.report.template = f"{self.template.name} ({self.template.reason})"
         print(self.data.report)
         return self.data.report
@@ -248,6 +248,16 @@ class ModelRunner:
                              "(use generate()).")
         return predict(self._require_model(), self.tokenizer, texts, batch_size=batch_size,
                        return_scores=return_scores)
+
+    def score(self, texts: list[str | list[Message]], *, batch_size: int = 8) -> list[float]:
+        """Rewards of a reward model (task="rm"), one per reply (str) or conversation; higher is preferred.
+
+        >>> runner.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
+        """
+        scorer = getattr(self.task, "score", None)
+        if scorer is None:
+            raise UsageError(f"score() needs a reward model (task='rm'); task '{self.task_name}' gives no scores.")
+        return scorer(self._require_model(), self.tokenizer, self.encoder, texts, batch_size=batch_size)
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None, _repo_id: str | None = None) -> Path:

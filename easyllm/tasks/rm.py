@@ -1,0 +1,270 @@
+"""Reward modelling: a one-output head learns to score the chosen reply above the rejected one.
+
+Pairs are read exactly as DPO reads them (`preference.parse_pair`: prompt/chosen/rejected,
+ShareGPT, or two conversations; the same checks and file:line errors). Each side is then one
+whole conversation, the prompt and that reply, rendered with the runner's chat template
+(content stays text), as `score()` renders what it is given. The model is the checkpoint as a
+sequence classifier with `num_labels=1`, whose reward is read at the last non-padding token;
+from a causal-LM folder its `score` head is new, and LoRA's "SEQ_CLS" task type trains that
+head fully besides the adapters. The loss is -log sigmoid(r_chosen - r_rejected) per pair.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
+
+from ..data.encoding import ChatEncoder
+from ..data.formats import ROW_FORMATS, Conversation, Message, convert_record
+from ..data.loading import Record, RowProblem, source_name, summarize_problems
+from ..data.split import train_val_split
+from ..errors import ConfigError, DataError, UsageError
+from . import preference
+from .base import DataOptions, DataReport, PreparedData, register_task
+from .sft import SFTTask
+
+
+@dataclass
+class Pair:
+    """Both sides of a preference pair as whole conversations (the shared prompt, then each reply)."""
+
+    chosen: list[Message]
+    rejected: list[Message]
+    origin: str
+    tools: list[dict[str, Any]] | None = None
+
+
+class RewardModelTask:
+    """Preference pairs in, a model that scores conversations out (`score()`); higher is preferred.
+
+    >>> runner = ModelRunner(task="rm")                          # doctest: +SKIP
+    >>> runner.load_data("pairs.jsonl"); runner.train()          # doctest: +SKIP
+    >>> runner.score([[{"role": "user", "content": "Hi"},
+    ...                {"role": "assistant", "content": "Hello!"}]])  # doctest: +SKIP
+    """
+
+    name = "rm"
+    peft_task_type = "SEQ_CLS"
+    uses_chat_template = True
+    generative = False
+
+    def load_model(
+        self, source: str, *, quantize_4bit: bool, trust_remote_code: bool, data: PreparedData | None = None
+    ) -> PreTrainedModel:
+        return load_reward_model(source, quantize_4bit=quantize_4bit, trust_remote_code=trust_remote_code)
+
+    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
+        """Pairs read as DPO reads them (`preference.parse_pair`); each side encoded as one conversation."""
+        rows, rejects = preference.parse_rows(records, preference.parse_pair, options)
+        source = source_name(records[0].origin) if records else "data"
+        report = DataReport(source, len(rows) + len(rejects), dict(Counter(row.format for row in rows)))
+        if rejects:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in Counter(r.kind for r in rejects).most_common())
+            report.rejected = f"skipped {len(rejects)} of {report.rows} rows: {kinds}"
+        pairs = [Pair(row.prompt + [row.replies["chosen"]], row.prompt + [row.replies["rejected"]],
+                      row.origin, row.tools) for row in rows]
+        scanned = [Conversation(p.chosen + p.rejected[-1:], p.origin, "pair") for p in pairs]
+        encoder = SFTTask._apply_control_token_policy(scanned, encoder, options, report)
+        train_pairs, val_pairs = train_val_split(pairs, options.val_size, options.seed)
+        train = encode_pairs(train_pairs, encoder, options.max_length, report)
+        validation = encode_pairs(val_pairs, encoder, options.max_length, report) if val_pairs else None
+        if len(train) == 0:
+            raise DataError(f"No preference pair is left to train on in {source}:\n{report}")
+        report.train_examples, report.val_examples = len(train), len(validation or [])
+        return PreparedData(train, validation, report, options.max_length, rejects)
+
+    def build_trainer(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+        args: TrainingArguments, settings: Any,
+    ) -> PairwiseRewardTrainer:
+        return PairwiseRewardTrainer(
+            model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+            data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        )
+
+    def evaluate(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+    ) -> dict[str, float]:
+        return evaluate_pairs(model, tokenizer, dataset, batch_size)
+
+    @staticmethod
+    def score(
+        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+        texts_or_conversations: Sequence[str | list[Message]], batch_size: int = 8,
+    ) -> list[float]:
+        return score(model, tokenizer, encoder, texts_or_conversations, batch_size)
+
+
+def load_reward_model(
+    source: str, *, quantize_4bit: bool = False, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """`source` as a sequence classifier with one output, the reward, in float32 (or a 4-bit base).
+
+    A new head is drawn from a fixed seed, so every run starts from the same one; the global
+    random state is left as it was.
+    """
+    kwargs: dict[str, Any] = {"num_labels": 1, "dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score", "classifier"],
+        )
+        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else {"": "cpu"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+
+
+def encode_pairs(pairs: list[Pair], encoder: ChatEncoder, max_length: int, report: DataReport) -> Dataset:
+    """Token ids of both sides; a pair with a side over `max_length` is skipped and reported."""
+    rows: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "length": []}
+    for pair in pairs:
+        chosen = encoder.encode(pair.chosen, tools=pair.tools).input_ids
+        rejected = encoder.encode(pair.rejected, tools=pair.tools).input_ids
+        if max(len(chosen), len(rejected)) > max_length:
+            # Cutting would score a reply without its end; the reward is read at the last token.
+            report.dropped.append(f"{pair.origin}: {len(chosen)}/{len(rejected)} tokens (chosen/rejected) exceed "
+                                  f"max_length={max_length}; raise max_length")
+            continue
+        rows["chosen_ids"].append(chosen)
+        rows["rejected_ids"].append(rejected)
+        rows["length"].append(len(chosen) + len(rejected))  # what group_by_length sorts by
+        report.lengths += [len(chosen), len(rejected)]
+        report.total_tokens += len(chosen) + len(rejected)
+    report.trained_tokens = report.total_tokens  # the whole of both sides shapes the reward
+    return Dataset.from_dict(rows)
+
+
+@dataclass
+class PairCollator:
+    """Chosen sequences then rejected ones, right-padded with a mask; `labels` is 1 for chosen, 0 for rejected."""
+
+    pad_token_id: int
+
+    def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = [pair["chosen_ids"] for pair in pairs] + [pair["rejected_ids"] for pair in pairs]
+        batch = pad_sequences(sequences, self.pad_token_id)
+        batch["labels"] = torch.tensor([1] * len(pairs) + [0] * len(pairs), dtype=torch.long)
+        return batch
+
+
+def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    longest = max(len(ids) for ids in sequences)
+    return {
+        "input_ids": torch.tensor([list(ids) + [pad_token_id] * (longest - len(ids)) for ids in sequences]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in sequences]),
+    }
+
+
+def rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One reward per row of `batch` (read by the model at each row's last non-padding token)."""
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return output.logits.squeeze(-1).float()
+
+
+def pair_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = rewards(model, batch)
+    return scores[batch["labels"] == 1], scores[batch["labels"] == 0]
+
+
+class PairwiseRewardTrainer(Trainer):
+    """The Trainer with one hook replaced: the loss is -log sigmoid(r_chosen - r_rejected) per pair.
+
+    `num_items_in_batch` counts both rows of every pair of the accumulated batch (labels 1 and 0).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        chosen, rejected = pair_rewards(model, inputs)
+        loss_sum = -F.logsigmoid(chosen - rejected).sum()
+        pairs = num_items_in_batch / 2 if num_items_in_batch is not None else max(chosen.numel(), 1)
+        if isinstance(pairs, torch.Tensor):
+            pairs = pairs.to(loss_sum.device)
+        loss = loss_sum / pairs
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+@torch.inference_mode()
+def evaluate_pairs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int = 8
+) -> dict[str, float]:
+    """accuracy: share of pairs scored chosen > rejected; margin: mean r_chosen - r_rejected; eval_loss."""
+    _sync_pad_id(model, tokenizer)
+    collator, margins = PairCollator(tokenizer.pad_token_id), []
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        chosen, rejected = pair_rewards(model, {key: value.to(device) for key, value in batch.items()})
+        margins.append(chosen - rejected)
+    model.train(was_training)
+    margin = torch.cat(margins) if margins else torch.zeros(0)
+    return {
+        "eval_loss": -F.logsigmoid(margin).mean().item() if len(margin) else float("nan"),
+        "accuracy": (margin > 0).float().mean().item() if len(margin) else float("nan"),
+        "margin": margin.mean().item() if len(margin) else float("nan"),
+        "eval_pairs": len(margin),
+    }
+
+
+@torch.inference_mode()
+def score(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+    texts_or_conversations: Sequence[str | list[Message]], batch_size: int = 8,
+) -> list[float]:
+    """One reward per item, in order: a str is a reply with no prompt, a message list a conversation.
+
+    Items are rendered with the chat template as in training, so pass a conversation ending
+    with the reply to score; higher means preferred.
+    >>> score(model, tokenizer, encoder, [[{"role": "user", "content": "2+2?"},
+    ...                                    {"role": "assistant", "content": "4"}]])  # doctest: +SKIP
+    [1.83]
+    """
+    if isinstance(texts_or_conversations, (str, Mapping)):
+        raise UsageError("score() takes a list of texts or conversations: score(['a reply']) or "
+                         "score([[{'role': 'user', ...}, {'role': 'assistant', ...}]]).")
+    conversations, problems = [], []
+    for index, item in enumerate(texts_or_conversations):
+        messages = [{"role": "assistant", "content": item}] if isinstance(item, str) else item
+        try:
+            conversations.append(convert_record(Record({"messages": messages}, f"texts[{index}]"),
+                                                ROW_FORMATS.get("messages")))
+        except RowProblem as exc:
+            problems.append(f"texts[{index}]: {exc}")
+    if problems:
+        raise DataError(summarize_problems(problems, "score()") + "\nEach item is a reply (str) or a "
+                        "conversation (a list of {role, content} messages) ending with the reply to score.")
+    _sync_pad_id(model, tokenizer)
+    sequences = [encoder.encode(c.messages, tools=c.tools).input_ids for c in conversations]
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = pad_sequences(sequences[start:start + batch_size], tokenizer.pad_token_id)
+        scores += rewards(model, {key: value.to(device) for key, value in batch.items()}).tolist()
+    model.train(was_training)
+    return scores
+
+
+def _sync_pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The head finds each row's last token by the pad id, so the model must use the tokenizer's."""
+    if tokenizer.pad_token_id is None:
+        raise ConfigError("The tokenizer has no pad token, which batched rewards need; ModelRunner sets one.")
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+register_task("rm", RewardModelTask())
