@@ -19,6 +19,7 @@ from .errors import (
     DataError,
     EasyLLMError,
     ModelLoadError,
+    SaveError,
     UnknownNameError,
     UsageError,
 )
@@ -26,6 +27,6 @@ from .runner import ModelRunner
 from .tasks import register_task
 
 __all__ = [
-    "ConfigError", "DataError", "EasyLLMError", "ModelLoadError", "ModelRunner", "UnknownNameError",
+    "ConfigError", "DataError", "EasyLLMError", "ModelLoadError", "ModelRunner", "SaveError", "UnknownNameError",
     "UsageError", "__version__", "register_task",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError, EasyLLMError
 
 RUNNER_KEYS = ("model", "task", "method", "template", "trust_remote_code", "seed")
+RUN_KEYS = ("resume", "overwrite")
 DATA_KEYS = ("data", "val_size", "max_length", "input_key", "output_key", "columns", "on_bad_rows",
              "train_on", "on_control_tokens")
 
@@ -43,10 +44,11 @@ def run_training(config: dict[str, Any]) -> None:
     from .config import SETTINGS_FIELDS, TRAINER_FIELDS
     from .runner import ModelRunner
 
-    unknown = [k for k in config if k not in RUNNER_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS]
+    unknown = [k for k in config if k not in RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS]
     if unknown:
         raise ConfigError(
-            f"Unknown setting(s): {', '.join(unknown)}. Valid: {', '.join(RUNNER_KEYS + DATA_KEYS + SETTINGS_FIELDS)}, "
+            f"Unknown setting(s): {', '.join(unknown)}. Valid: "
+            f"{', '.join(RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS)}, "
             "or any transformers.TrainingArguments field."
         )
     if "data" not in config:
@@ -67,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         config = {"model": args.model, "data": args.data, "task": args.task, "method": args.method,
                   "num_train_epochs": args.epochs, "output_dir": args.output_dir}
+    config.update({k: True for k in ("resume", "overwrite") if getattr(args, k)})
     run_training({k: v for k, v in config.items() if v is not None})
 
 
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=["lora", "qlora", "full"], help="default: lora")
     train.add_argument("--epochs", type=float, help="number of training epochs")
     train.add_argument("--output-dir", help="where to write the run (default: a fresh folder in easyllm-runs/)")
+    train.add_argument("--resume", action="store_true", help="continue the newest checkpoint of the run")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
 
     for name, handler, help_text in (("generate", cmd_generate, "Answer one prompt with a trained run."),
                                      ("chat", cmd_chat, "Chat with a trained run, streaming the replies.")):

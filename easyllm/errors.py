@@ -25,3 +25,7 @@ class ModelLoadError(EasyLLMError, OSError):
 
 class UsageError(EasyLLMError, RuntimeError):
     """Methods called in an order that cannot work, e.g. train() before load_data()."""
+
+
+class SaveError(EasyLLMError, OSError):
+    """A checkpoint or model could not be written (disk full, folder not writable); nothing half-written is left."""

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -15,6 +13,7 @@ from peft import PeftModel
 from transformers import AutoConfig, set_seed
 
 from . import __version__
+from . import checkpoints as ckpt
 from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
 from .config import SETTINGS_FIELDS, Method, TrainSettings, build_settings
 from .data.control_tokens import ControlTokenPolicy
@@ -111,10 +110,12 @@ class ModelRunner:
             input_key=input_key, output_key=output_key, columns=columns, on_bad_rows=on_bad_rows,
             train_on=train_on, on_control_tokens=on_control_tokens,
         )
-        self.data = self.task.prepare(read_source(source), self.encoder, options)
+        with ckpt.main_process_first():  # several processes: prepare once, the others reuse the cache
+            self.data = self.task.prepare(read_source(source), self.encoder, options)
         if self.template is not None and self.task.uses_chat_template:
             self.data.report.template = f"{self.template.name} ({self.template.reason})"
-        print(self.data.report)
+        if ckpt.is_main_process():
+            print(self.data.report)
         return self.data.report
 
     def preview(self, n: int = 3, *, split: str = "train") -> Preview:
@@ -133,7 +134,7 @@ class ModelRunner:
         rows = [dataset[i] for i in range(min(n, len(dataset)))]
         return Preview([spans(self.tokenizer, *_preview_ids(row)) for row in rows])
 
-    def train(self, *, resume: bool | str = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
+    def train(self, *, resume: ckpt.Resume = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
 
         Checkpoints are written about 4 times per epoch, each complete or absent. `resume=True`
@@ -145,7 +146,6 @@ class ModelRunner:
         >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
         >>> runner.train(output_dir="runs/a", resume=True)  # after a crash, a kill or Ctrl-C
         """
-        from . import checkpoints as ckpt  # TODO(runner owner): move to the module imports
 
         if self.data is None:
             raise UsageError("No training data yet: call runner.load_data('file.jsonl') before train().")
@@ -423,15 +423,6 @@ def _portable(model_name: str) -> str:
     """Local folders are stored as absolute paths so a save can be reloaded from anywhere."""
     path = Path(model_name).expanduser()
     return str(path.resolve()) if path.is_dir() else model_name
-
-
-def _fresh_run_dir(model_name: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-") or "model"
-    base = Path(RUNS_DIR) / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, counter = base, 2
-    while candidate.exists():
-        candidate, counter = Path(f"{base}-{counter}"), counter + 1
-    return candidate
 
 
 def _move_into(staging: Path, target: Path) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
+from .checkpoints import ResumableMixin
 from .loss import trained_token_loss
 from .notebook import loss_figure
 
@@ -35,14 +43,52 @@ class TrainResult:
         return html_table({**self.metrics, "saved in": str(self.output_dir)}, "TrainResult")
 
 
-def run_trainer(trainer: Trainer, data: PreparedData) -> TrainResult:
-    """Train and collect the training metrics (held-out metrics are the task's `evaluate`)."""
-    output = trainer.train()
+def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.PathLike | None = None) -> TrainResult:
+    """Train (from `resume_from`, a checkpoint folder) and collect the training metrics.
+
+    Held-out metrics are the task's `evaluate`. Ctrl-C (SIGINT) or SIGTERM stops after the current
+    step, writes a checkpoint and raises KeyboardInterrupt saying how to resume.
+    """
+    resumed_at = _checkpoint_step(resume_from)  # read now: rotation may delete that checkpoint
+    stop = StopOnSignal(announce=trainer.is_world_process_zero())
+    trainer.add_callback(stop)
+    try:
+        with stop.listening():
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        trainer.remove_callback(stop)
+    if stop.stopped and trainer.state.global_step < trainer.state.max_steps:
+        folder = Path(trainer.args.output_dir)
+        raise KeyboardInterrupt(
+            f"Training stopped by {stop.signal_name} at step {trainer.state.global_step} of "
+            f"{trainer.state.max_steps}; {folder / f'checkpoint-{trainer.state.global_step}'} holds everything "
+            f"needed to continue. Resume with the same data and settings: "
+            f"runner.train(output_dir={str(folder)!r}, resume=True, ...)"
+        )
     metrics: dict[str, float] = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
-    metrics["train_loss"] = output.training_loss
+    metrics["train_loss"] = _whole_run_loss(trainer, output.training_loss, resumed_at)
     metrics["train_examples"] = len(data.train)
     metrics["global_step"] = output.global_step
     return TrainResult(metrics, Path(trainer.args.output_dir), list(trainer.state.log_history))
+
+
+def _checkpoint_step(checkpoint: str | os.PathLike | None) -> int:
+    if checkpoint is None:
+        return 0
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+
+
+def _whole_run_loss(trainer: Trainer, session_loss: float, resumed_at: int) -> float:
+    """A resumed Trainer averages only the steps it ran itself: add the logged steps before them."""
+    if resumed_at == 0:
+        return session_loss
+    history = trainer.state.log_history
+    logged = sorted((e["step"], e["loss"]) for e in history if "loss" in e and e["step"] <= resumed_at)
+    total, last = 0.0, 0
+    for step, loss in logged:
+        total, last = total + loss * (step - last), step
+    session_steps = trainer.state.global_step - resumed_at
+    return (total + session_loss * session_steps) / max(last + session_steps, 1)
 
 
 def write_run_records(result: TrainResult, folder: Path) -> None:
@@ -59,13 +105,90 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-class TrainedTokenTrainer(Trainer):
-    """The Trainer with one hook replaced: the loss only touches trained positions (see loss.py)."""
+class StopOnSignal(TrainerCallback):
+    """Turns Ctrl-C (SIGINT) or SIGTERM into "checkpoint after this step and stop"; a second Ctrl-C stops at once.
+
+    Stopping between steps never leaves half-updated weights; with several processes they agree to
+    stop at the same step (each would otherwise wait forever for the others).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SAME_PRESS_S = 1.0  # launchers (torchrun) forward the terminal's Ctrl-C: one press may arrive twice
+
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce
+        self.signal_name: str | None = None
+        self.stopped = False
+        self._received_at = 0.0
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {number: signal.getsignal(number) for number in self.SIGNALS}
+        for number in self.SIGNALS:
+            signal.signal(number, self._receive)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _receive(self, number: int, frame) -> None:
+        now = time.monotonic()
+        if self.signal_name is not None:
+            if now - self._received_at > self.SAME_PRESS_S:
+                raise KeyboardInterrupt("stopped at once: no checkpoint for the current step")
+            return
+        self.signal_name, self._received_at = signal.Signals(number).name, now
+        if self.announce:
+            print(f"\neasyllm: {self.signal_name} received: stopping after this step and saving a checkpoint "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        requested = self.signal_name is not None
+        if args.world_size > 1:
+            flag = torch.tensor([float(requested)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
+            self.signal_name = self.signal_name or "a signal on another process"
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class TrainedTokenTrainer(ResumableMixin, Trainer):
+    """The Trainer with one hook replaced: the loss only touches trained positions (see loss.py).
+
+    Checkpoints are atomic and resumable (see checkpoints.py).
+    """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss_sum, count = trained_token_loss(model, inputs)
+        wrapped = model is not self.model  # DDP, DeepSpeed or FSDP around it
+        loss_sum, count = _loss_through_wrapper(model, inputs) if wrapped else trained_token_loss(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         if isinstance(denominator, torch.Tensor):
             denominator = denominator.to(loss_sum.device)
         loss = loss_sum / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # a share of all processes' tokens; DDP averages
         return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def _loss_through_wrapper(wrapper, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """trained_token_loss, run as the wrapped model's forward so DDP / DeepSpeed / FSDP do their part.
+
+    The loss calls the decoder and the output layer itself; called beside the wrapper instead of
+    through it, DDP would never synchronise the gradients of the processes.
+    """
+    inner = getattr(wrapper, "module", None)
+    if inner is None:
+        return trained_token_loss(wrapper, inputs)
+    inner.forward = lambda **batch: trained_token_loss(inner, batch)
+    try:
+        return wrapper(**inputs)
+    finally:
+        del inner.forward
