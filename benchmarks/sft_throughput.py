@@ -43,7 +43,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 DATA_FILE = Path("/work/shared/data/alpaca_en_demo.json")
-CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded")
+CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-no-ckpt", "easyllm-ckpt")
+DEFAULT_CONFIGS = ("easyllm", "trl-default", "trl-tuned", "trainer-padded")
 MAX_LENGTH = 512
 BATCH_SIZE = 8
 LEARNING_RATE = 5e-4  # easyllm's LoRA default, given to every configuration
@@ -60,10 +61,12 @@ SETTINGS = {
     "easyllm": (
         "ModelRunner(MODEL_DIR); load_data(rows, val_size=0, max_length=512); train(max_steps, "
         "per_device_train_batch_size=8, lora_r=16, lora_alpha=32, logging_steps=1). easyllm defaults: "
-        "fp32, no gradient checkpointing, each batch's 8 examples packed padding-free into rows of at most "
+        "fp32, gradient checkpointing decided from the activation estimate and free memory, each batch's 8 examples packed padding-free into rows of at most "
         "512 tokens (attention kept inside each example), group_by_length sampling, cosine schedule with "
         "5% warm-up, loss on the assistant replies only, output layer run on trained positions only"
     ),
+    "easyllm-no-ckpt": "as easyllm, with gradient_checkpointing=False forced",
+    "easyllm-ckpt": "as easyllm, with gradient_checkpointing=True forced",
     "trl-default": (
         "SFTTrainer(MODEL_DIR, args=SFTConfig(max_length=512, per_device_train_batch_size=8, max_steps, "
         "seed=42, learning_rate=5e-4, report_to='none', logging_steps=1), train_dataset=<messages>, "
@@ -188,14 +191,15 @@ def lora_config():
 
 
 # -- the four configurations: each builds and runs one trainer --------------------------------
-def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict) -> None:
+def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict,
+                **forced: Any) -> None:
     from easyllm import ModelRunner
 
     runner = ModelRunner(model_dir)
     runner.load_data(chats, val_size=0, max_length=MAX_LENGTH)
     runner.train(max_steps=max_steps, per_device_train_batch_size=BATCH_SIZE, lora_r=LORA["r"],
                  lora_alpha=LORA["lora_alpha"], output_dir=out, disable_tqdm=True, logging_steps=1,
-                 **device_overrides(gpu))
+                 **device_overrides(gpu), **forced)
 
 
 def run_trl(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict, *, tuned: bool) -> None:
@@ -254,6 +258,9 @@ def run_trainer_padded(model_dir: str, chats: list, max_steps: int, gpu: bool, o
 
 CONFIGS: dict[str, Callable[..., None]] = {
     "easyllm": run_easyllm,
+    # the two sides of easyllm's automatic gradient-checkpointing choice, forced
+    "easyllm-no-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=False),
+    "easyllm-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=True),
     "trl-default": lambda *a: run_trl(*a, tuned=False),
     "trl-tuned": lambda *a: run_trl(*a, tuned=True),
     "trainer-padded": run_trainer_padded,
@@ -603,7 +610,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="cycles through all configurations")
     parser.add_argument("--rows", type=int, default=256, help="alpaca rows used as training data")
     parser.add_argument("--loss-window", type=int, default=3, help="final loss = mean of this many last steps")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIG_ORDER), choices=CONFIG_ORDER)
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIG_ORDER)
     parser.add_argument("--gpu", action="store_true", help="run on CUDA, every configuration in bf16 autocast")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="folder for RESULTS.md")
     parser.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")

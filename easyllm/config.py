@@ -49,7 +49,10 @@ class TrainSettings:
     def training_arguments(
         self, output_dir: str, seed: int, has_eval: bool, *, model_config=None, max_length: int = 1024
     ) -> TrainingArguments:
-        """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here."""
+        """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here.
+
+        `max_length`: the longest example, which bounds the tokens of a step for the memory estimate.
+        """
         lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         batch = self.trainer_args.get("per_device_train_batch_size", 8)

@@ -161,7 +161,7 @@ class ModelRunner:
         trainable, total = count_parameters(self.model)
         args = ckpt.run_arguments(
             settings, str(run.path), self.seed, self.data.validation is not None,
-            model_config=self.model.config, max_length=self.data.max_length,
+            model_config=self.model.config, max_length=_longest_example(self.data),
         )
         ckpt.on_main_process(ckpt.check_free_space, run.path, self.model, args)
         if ckpt.is_main_process():
@@ -402,6 +402,13 @@ class ModelRunner:
         data = f", train={self.data.report.train_examples}" if self.data else ""
         return (f"ModelRunner(model={self.model_name!r}, task={self.task_name!r}, "
                 f"method={self.settings.method!r}, parameters={total:,}, trainable={trainable:,}{data})")
+
+
+def _longest_example(data: PreparedData) -> int:
+    """Tokens in the longest training example (bounds a step's activations), at most max_length."""
+    if "input_ids" not in data.train.column_names:  # pairs, classification: assume the bound
+        return data.max_length
+    return min(data.max_length, max(len(ids) for ids in data.train["input_ids"]))
 
 
 def _preview_ids(row: dict) -> tuple[list[int], list[int]]:
