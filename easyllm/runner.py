@@ -341,10 +341,20 @@ class ModelRunner:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-        """Upload what save() writes to the Hugging Face Hub; returns the repository URL."""
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    merge: bool = False) -> str:
+        """Upload what save() writes (or, with merge=True, merged full weights) to the Hugging Face Hub.
+
+        Returns the repository URL. The model card goes along either way; the token is only
+        handed to huggingface_hub, never written or printed.
+        """
         with tempfile.TemporaryDirectory() as folder:
             self.save(folder, _repo_id=repo_id)
+            if merge:
+                card = (Path(folder) / "README.md").read_text()
+                shutil.rmtree(folder)
+                self.merge(folder)
+                (Path(folder) / "README.md").write_text(card.replace("library_name: peft", "library_name: transformers"))
             return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
 
     # -- internals ---------------------------------------------------------------------------

@@ -279,3 +279,25 @@ def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path
     assert all(secret.encode() not in content for content in uploaded.values())
     assert secret not in capsys.readouterr().out
     assert (tmp_path / "run" / "README.md").is_file()  # the run folder has the card too
+
+
+def test_push_to_hub_merged_uploads_full_weights_and_the_card(runner, tmp_path, monkeypatch):
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            from pathlib import Path
+
+            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()})
+
+    runner.train(output_dir=str(tmp_path / "run"), **FAST)
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    runner.push_to_hub("me/tiny-merged", merge=True)
+    assert "model.safetensors" in uploaded and "adapter_config.json" not in uploaded
+    assert "library_name: transformers" in uploaded["README.md"].decode()
