@@ -265,7 +265,7 @@ BAD_CASES = [
     (15, "roles out of order: message 2 (system) follows a user message; only the first message"),
     (16, "history entry 1 must be a [user, assistant] pair"),
     (17, "'tools' must be a list of tool definitions"),
-    (19, "not valid JSON (unexpected end of data"),
+    (19, "not valid JSON ("),  # the parser's own words differ between json and orjson
 ]
 
 
