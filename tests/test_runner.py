@@ -251,8 +251,10 @@ def test_merge_writes_plain_weights_that_answer_like_the_adapter(runner, tmp_pat
     assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == runner.tokenizer.chat_template
 
 
-def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path, monkeypatch, capsys):
-    uploaded = {}
+@pytest.fixture
+def fake_hub(monkeypatch) -> dict[str, bytes]:
+    """Stands in for huggingface_hub.HfApi; returns the files an upload would send, by name."""
+    uploaded: dict[str, bytes] = {}
 
     class FakeApi:
         def __init__(self, token=None):
@@ -266,8 +268,13 @@ def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path
 
             uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()})
 
-    runner.train(output_dir=str(tmp_path / "run"), **FAST)
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    return uploaded
+
+
+def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path, fake_hub, capsys):
+    uploaded = fake_hub
+    runner.train(output_dir=str(tmp_path / "run"), **FAST)
     secret = "hf_TopSecretToken1234567890"
     runner.push_to_hub("me/tiny-lumen", token=secret)
     card = uploaded["README.md"].decode()
@@ -281,23 +288,9 @@ def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path
     assert (tmp_path / "run" / "README.md").is_file()  # the run folder has the card too
 
 
-def test_push_to_hub_merged_uploads_full_weights_and_the_card(runner, tmp_path, monkeypatch):
-    uploaded = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, private, exist_ok):
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            from pathlib import Path
-
-            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()})
-
+def test_push_to_hub_merged_uploads_full_weights_and_the_card(runner, tmp_path, fake_hub):
+    uploaded = fake_hub
     runner.train(output_dir=str(tmp_path / "run"), **FAST)
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     runner.push_to_hub("me/tiny-merged", merge=True)
     assert "model.safetensors" in uploaded and "adapter_config.json" not in uploaded
     assert "library_name: transformers" in uploaded["README.md"].decode()
