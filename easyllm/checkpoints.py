@@ -333,9 +333,8 @@ def _fsync(path: Path) -> None:
     except OSError:
         return  # directories cannot be opened on some platforms: best effort
     try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory: best effort
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
 

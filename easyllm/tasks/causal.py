@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from ..data.collator import PaddingCollator
+from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
+from ..data.encoding import ChatEncoder
+from ..data.formats import Conversation
+from ..data.loading import summarize_problems
 from ..data.packing import PackedCollator
+from ..errors import ConfigError, DataError
 from ..evaluation import evaluate_loss
 from ..modeling import load_causal_lm
 from ..training import TrainedTokenTrainer
-from .base import PreparedData
+from .base import DataOptions, DataReport, PreparedData
 
 
 def load_model(source: str, *, quantize_4bit: bool, trust_remote_code: bool, data=None) -> PreTrainedModel:
@@ -34,3 +41,28 @@ def build_trainer(
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int):
     return evaluate_loss(model, dataset, PaddingCollator(tokenizer.pad_token_id), batch_size)
+
+
+def apply_control_token_policy(
+    conversations: list[Conversation], encoder: ChatEncoder, options: DataOptions, report: DataReport
+) -> ChatEncoder:
+    """Count rows whose text holds control-token strings; reject them or let them act, as asked.
+
+    Shared by every task that renders chats, so the guard is the same for SFT, DPO, KTO, ORPO and rm.
+    """
+    policy = options.on_control_tokens
+    if policy not in CONTROL_TOKEN_POLICIES:
+        raise ConfigError(f"on_control_tokens={policy!r}: choose one of {', '.join(CONTROL_TOKEN_POLICIES)}")
+    strings = control_token_strings(encoder.tokenizer)
+    for conversation in conversations:
+        found = find_control_token(conversation.messages, strings)
+        if found:
+            report.control_token_rows.append(f"{conversation.origin}: {found}")
+    report.control_token_policy = policy
+    if policy == "reject" and report.control_token_rows:
+        raise DataError(
+            summarize_problems(report.control_token_rows, report.source)
+            + "\nThese rows contain control-token strings (on_control_tokens='reject'). Remove them, "
+            "or load with on_control_tokens='text' (the default: kept as plain text) or 'allow'."
+        )
+    return dataclasses.replace(encoder, content_as_text=policy != "allow")

@@ -41,8 +41,8 @@ from ..data.split import train_val_split
 from ..errors import ConfigError, DataError, UsageError
 from ..loss import CHUNK_TOKENS
 from ..registry import Registry
+from . import causal
 from .base import DataOptions, DataReport, PreparedData
-from .sft import SFTTask
 
 SIDES = ("chosen", "rejected")
 # Set on a fully fine-tuned model once its trainer exists: from then on the model is no longer
@@ -185,7 +185,7 @@ def prepare_rows(
     if rejects:
         report.rejected = rejects_summary(rejects, report.rows)
     scanned = [Conversation([*row.prompt, *row.replies.values()], row.origin, row.format) for row in rows]
-    encoder = SFTTask._apply_control_token_policy(scanned, encoder, options, report)
+    encoder = causal.apply_control_token_policy(scanned, encoder, options, report)
     encoder = dataclasses.replace(encoder, train_on="last_assistant")
     train_rows, val_rows = train_val_split(rows, options.val_size, options.seed)
     if shuffle_train:  # for trainers that read rows in order (KTO pairs neighbours for its KL term)

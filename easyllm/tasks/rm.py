@@ -32,9 +32,8 @@ from ..data.formats import ROW_FORMATS, Conversation, Message, convert_record
 from ..data.loading import Record, RowProblem, source_name, summarize_problems
 from ..data.split import train_val_split
 from ..errors import ConfigError, DataError, UsageError
-from . import preference
+from . import causal, preference
 from .base import DataOptions, DataReport, PreparedData, register_task
-from .sft import SFTTask
 
 
 @dataclass
@@ -72,12 +71,11 @@ class RewardModelTask:
         source = source_name(records[0].origin) if records else "data"
         report = DataReport(source, len(rows) + len(rejects), dict(Counter(row.format for row in rows)))
         if rejects:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in Counter(r.kind for r in rejects).most_common())
-            report.rejected = f"skipped {len(rejects)} of {report.rows} rows: {kinds}"
+            report.rejected = preference.rejects_summary(rejects, report.rows)
         pairs = [Pair(row.prompt + [row.replies["chosen"]], row.prompt + [row.replies["rejected"]],
                       row.origin, row.tools) for row in rows]
         scanned = [Conversation(p.chosen + p.rejected[-1:], p.origin, "pair") for p in pairs]
-        encoder = SFTTask._apply_control_token_policy(scanned, encoder, options, report)
+        encoder = causal.apply_control_token_policy(scanned, encoder, options, report)
         train_pairs, val_pairs = train_val_split(pairs, options.val_size, options.seed)
         train = encode_pairs(train_pairs, encoder, options.max_length, report)
         validation = encode_pairs(val_pairs, encoder, options.max_length, report) if val_pairs else None

@@ -9,12 +9,11 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..data.collator import PaddingCollator
-from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
 from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
 from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
-from ..data.loading import Record, source_name, summarize_problems
+from ..data.loading import Record, source_name
 from ..data.split import train_val_split
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from . import causal
 from .base import DataOptions, DataReport, PreparedData, register_task
 
@@ -42,7 +41,7 @@ class SFTTask:
         report = DataReport(source, converted.rows, dict(Counter(c.format for c in conversations)))
         if converted.rejects:
             report.rejected = converted.summary()
-        encoder = self._apply_control_token_policy(conversations, encoder, options, report)
+        encoder = causal.apply_control_token_policy(conversations, encoder, options, report)
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
         train = self._encode(train_rows, encoder, options.max_length, report)
@@ -54,27 +53,6 @@ class SFTTask:
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> PaddingCollator:
         return PaddingCollator(tokenizer.pad_token_id)
-
-    @staticmethod
-    def _apply_control_token_policy(
-        conversations: list[Conversation], encoder: ChatEncoder, options: DataOptions, report: DataReport
-    ) -> ChatEncoder:
-        policy = options.on_control_tokens
-        if policy not in CONTROL_TOKEN_POLICIES:
-            raise ConfigError(f"on_control_tokens={policy!r}: choose one of {', '.join(CONTROL_TOKEN_POLICIES)}")
-        strings = control_token_strings(encoder.tokenizer)
-        for conversation in conversations:
-            found = find_control_token(conversation.messages, strings)
-            if found:
-                report.control_token_rows.append(f"{conversation.origin}: {found}")
-        report.control_token_policy = policy
-        if policy == "reject" and report.control_token_rows:
-            raise DataError(
-                summarize_problems(report.control_token_rows, report.source)
-                + "\nThese rows contain control-token strings (on_control_tokens='reject'). Remove them, "
-                "or load with on_control_tokens='text' (the default: kept as plain text) or 'allow'."
-            )
-        return dataclasses.replace(encoder, content_as_text=policy != "allow")
 
     @staticmethod
     def _encode(
