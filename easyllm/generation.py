@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
@@ -40,28 +41,69 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One generated reply and why it ended: "stop" (end-of-turn or a stop string) or "length"."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    generated_tokens: int  # tokens the model produced, end-of-turn included
+
+
 @torch.inference_mode()
-def generate_replies(
+def generate_batch(
     model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
-    stop: list[str] | None = None, **sampling: Any,
-) -> list[str]:
-    """Reply to each conversation; prompts are left-padded into one batch, stop at end-of-turn."""
+    stop: list[str] | None = None, *, batch_size: int = 16, **sampling: Any,
+) -> list[Reply]:
+    """Reply to each conversation, `batch_size` left-padded prompts at a time, stopping at end-of-turn.
+
+    A reply that used all `max_new_tokens` without an end-of-turn token or stop string is
+    marked finish_reason="length": it was cut off, not finished.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return [
+            reply
+            for start in range(0, len(conversations), batch_size)
+            for reply in _generate_one_batch(model, encoder, conversations[start:start + batch_size],
+                                             max_new_tokens, stop, dict(sampling))
+        ]
+    finally:
+        model.train(was_training)
+
+
+def _generate_one_batch(model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
+                        stop: list[str] | None, sampling: dict) -> list[Reply]:
     tokenizer = encoder.tokenizer
     prompts = [encoder.encode_prompt(messages) for messages in conversations]
     longest = max(len(prompt) for prompt in prompts)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
     attention = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     output = model.generate(
         input_ids=input_ids.to(device), attention_mask=attention.to(device),
         **_generation_kwargs(encoder, max_new_tokens, stop, sampling),
     )
-    model.train(was_training)
-    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in output[:, longest:]]
-    return [_cut_at_stop(_EMPTY_THINK.sub("", text), stop).strip() for text in texts]
+    end_of_turn = set(encoder.end_of_turn_ids)
+    replies = []
+    for tokens in output[:, longest:].tolist():
+        ended = next((i for i, token in enumerate(tokens) if token in end_of_turn), None)
+        produced = tokens if ended is None else tokens[: ended + 1]
+        raw = tokenizer.decode(produced, skip_special_tokens=True)
+        text = _cut_at_stop(_EMPTY_THINK.sub("", raw), stop).strip()
+        stopped = ended is not None or any(marker in raw for marker in stop or ())
+        replies.append(Reply(text, "stop" if stopped else "length", len(produced)))
+    return replies
+
+
+def generate_replies(
+    model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
+    stop: list[str] | None = None, **sampling: Any,
+) -> list[str]:
+    """The text of each reply (see generate_batch)."""
+    return [reply.text for reply in generate_batch(model, encoder, conversations, max_new_tokens, stop, **sampling)]
 
 
 def stream_reply(

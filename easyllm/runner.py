@@ -23,7 +23,7 @@ from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
 from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
-from .generation import generate_replies, stream_reply
+from .generation import Reply, generate_batch, stream_reply
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
 from .model_card import model_card, write_model_card
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
@@ -196,19 +196,33 @@ class ModelRunner:
 
     @overload
     def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., **sampling: Any) -> str: ...
+                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[False] = ...,
+                 **sampling: Any) -> str: ...
 
     @overload
     def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., **sampling: Any) -> list[str]: ...
+                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[False] = ...,
+                 **sampling: Any) -> list[str]: ...
+
+    @overload
+    def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
+                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[True],
+                 **sampling: Any) -> Reply: ...
+
+    @overload
+    def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
+                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[True],
+                 **sampling: Any) -> list[Reply]: ...
 
     def generate(self, prompt, *, max_new_tokens: int = 256, system: str | None = None,
-                 stop: list[str] | None = None, **sampling):
+                 stop: list[str] | None = None, batch_size: int = 16, return_details: bool = False, **sampling):
         """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or a message list (-> str).
 
         Greedy by default; pass temperature, top_p, top_k or repetition_penalty to change that,
         `stop=["..."]` to end early. The prompt is rendered with the same template and
-        tokenization as training, and generation stops at the end-of-turn token.
+        tokenization as training, and generation stops at the end-of-turn token. Batches are
+        generated `batch_size` prompts at a time. `return_details=True` gives Reply objects
+        (text, finish_reason "stop" or "length" when cut off at max_new_tokens, generated_tokens).
         """
         encoder = self._require_generative()
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
@@ -216,7 +230,10 @@ class ModelRunner:
         if not prompts:
             return []
         conversations = [_as_conversation(p, system) for p in prompts]
-        replies = generate_replies(self.model, encoder, conversations, max_new_tokens, stop, **sampling)
+        replies = generate_batch(self.model, encoder, conversations, max_new_tokens, stop,
+                                 batch_size=batch_size, **sampling)
+        if not return_details:
+            replies = [reply.text for reply in replies]
         return replies[0] if single else replies
 
     def stream(self, prompt: str | list[Message], *, max_new_tokens: int = 256, system: str | None = None,

@@ -96,6 +96,31 @@ def test_generate_shapes(runner):
     assert runner.generate([], max_new_tokens=4) == []
 
 
+def test_reply_details_say_whether_a_reply_ended_or_was_cut_off(runner):
+    end_of_turn = runner.encoder.end_of_turn_ids
+    cut = runner.generate(["Hi", "Who are you?"], max_new_tokens=3, return_details=True,
+                          suppress_tokens=end_of_turn)
+    assert [(reply.finish_reason, reply.generated_tokens) for reply in cut] == [("length", 3), ("length", 3)]
+    assert [reply.text for reply in cut] == runner.generate(["Hi", "Who are you?"], max_new_tokens=3,
+                                                            suppress_tokens=end_of_turn)
+
+    def end_the_turn_now(module, inputs, logits):
+        logits[..., end_of_turn[0]] = logits.max() + 10.0
+        return logits
+
+    hook = runner.model.get_output_embeddings().register_forward_hook(end_the_turn_now)
+    try:
+        ended = runner.generate("Hi", max_new_tokens=5, return_details=True)
+    finally:
+        hook.remove()
+    assert (ended.text, ended.finish_reason, ended.generated_tokens) == ("", "stop", 1)
+
+
+def test_batched_generation_equals_one_batch(runner):
+    prompts = ["Hi", "Who are you? Answer briefly.", "What is the capital of France?"]
+    assert runner.generate(prompts, max_new_tokens=4, batch_size=1) == runner.generate(prompts, max_new_tokens=4)
+
+
 def test_evaluate_on_passed_data_and_perplexity(runner, chats):
     metrics = runner.evaluate(chats[:3])
     assert metrics["eval_examples"] == 3 and metrics["eval_tokens"] > 0
