@@ -501,30 +501,31 @@ class EpochRng(TrainerCallback):
 
 
 # -- the manifest: what a checkpoint was trained on -------------------------------------------
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
+    """A short, stable hash of any JSON-serialisable value (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _hash_column(digest, array) -> None:
+def _hash_column(hasher, array) -> None:
     import pyarrow as pa
 
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        digest.update(np.asarray(array.value_lengths().fill_null(-1)).tobytes())
-        _hash_column(digest, array.flatten())
+        hasher.update(np.asarray(array.value_lengths().fill_null(-1)).tobytes())
+        _hash_column(hasher, array.flatten())
     elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
-        digest.update(array.to_numpy(zero_copy_only=False).tobytes())
+        hasher.update(array.to_numpy(zero_copy_only=False).tobytes())
     else:
-        digest.update(json.dumps(array.to_pylist(), default=str).encode())
+        hasher.update(json.dumps(array.to_pylist(), default=str).encode())
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
     """A hash of the encoded rows themselves (datasets' own fingerprint can be random for in-memory data)."""
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     for batch in dataset.with_format("arrow").iter(batch_size=4096):
         for name in sorted(batch.column_names):
-            digest.update(name.encode())
-            _hash_column(digest, batch.column(name).combine_chunks())
-    return digest.hexdigest()[:16]
+            hasher.update(name.encode())
+            _hash_column(hasher, batch.column(name).combine_chunks())
+    return hasher.hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -534,7 +535,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     else:
         spec = {"vocab": tokenizer.get_vocab()}
     spec["special_tokens"] = {name: str(value) for name, value in tokenizer.special_tokens_map.items()}
-    return _digest(spec)
+    return digest(spec)
 
 
 def resumable_settings(settings: TrainSettings, seed: int) -> dict[str, Any]:
@@ -550,10 +551,10 @@ def build_manifest(data: PreparedData, tokenizer, template: str | None, settings
     return {
         "easyllm_version": __version__,
         "fingerprints": {
-            "data": _digest([dataset_fingerprint(data.train), data.max_length]),
+            "data": digest([dataset_fingerprint(data.train), data.max_length]),
             "tokenizer": tokenizer_fingerprint(tokenizer),
-            "template": _digest(template),
-            "settings": _digest(settings),
+            "template": digest(template),
+            "settings": digest(settings),
         },
         "settings": settings,
         "train_examples": len(data.train),
