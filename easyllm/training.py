@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback
 from .checkpoints import ResumableMixin
 from .loss import trained_token_loss
 from .notebook import loss_figure
+from .resources import return_freed_memory_promptly
 
 if TYPE_CHECKING:
     from .tasks.base import PreparedData
@@ -50,6 +51,7 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
     step, writes a checkpoint and raises KeyboardInterrupt saying how to resume.
     """
     resumed_at = _checkpoint_step(resume_from)  # read now: rotation may delete that checkpoint
+    return_freed_memory_promptly()
     stop = StopOnSignal(announce=trainer.is_world_process_zero())
     trainer.add_callback(stop)
     try:
