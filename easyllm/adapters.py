@@ -65,3 +65,33 @@ def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def copy_dequantized_weights(quantized: PreTrainedModel, target: PreTrainedModel) -> int:
+    """Overwrite `target`'s linear weights with the de-quantized 4-bit weights of `quantized`.
+
+    A QLoRA adapter learned its correction on top of the 4-bit weights, not the originals:
+    merging it into the de-quantized weights gives a model that answers exactly like the
+    adapter did. Returns how many layers were copied.
+    """
+    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.nn import Linear4bit
+
+    keep_4bit_weights_trainable(quantized)  # the CPU inference packing cannot be de-quantized directly
+    targets = dict(target.named_modules())
+    copied = 0
+    for name, module in quantized.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        plain = targets.get(_plain_name(name))
+        if plain is None:
+            raise KeyError(f"{name}: no layer of that name in the full-precision model to merge into")
+        weight = dequantize_4bit(module.weight.data, module.weight.quant_state)
+        plain.weight.data.copy_(weight.reshape(plain.weight.shape).to(plain.weight.dtype))
+        copied += 1
+    return copied
+
+
+def _plain_name(name: str) -> str:
+    """A layer's name inside a peft-wrapped model -> its name in the plain transformers model."""
+    return name.removeprefix("base_model.model.").removesuffix(".base_layer")
