@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
@@ -22,13 +22,24 @@ def in_notebook() -> bool:
 
 def html_table(rows: Mapping[str, Any], title: str | None = None) -> str:
     """A two-column HTML table; floats shown with 4 significant digits."""
-    cells = "".join(
-        f"<tr><td style='text-align:left'>{html.escape(str(k))}</td>"
-        f"<td style='text-align:left'>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-        for k, v in rows.items()
-    )
-    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
-    return f"<table>{caption}{cells}</table>"
+    cells = "".join(f"<tr>{_cell(k)}{_cell(v)}</tr>" for k, v in rows.items())
+    return f"<table>{_caption(title)}{cells}</table>"
+
+
+def html_grid(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
+    """An HTML table with a header row (e.g. metrics of two models side by side); floats as in html_table."""
+    head = "<tr>" + "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header) + "</tr>"
+    body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+    return f"<table>{_caption(title)}{head}{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"<td style='text-align:left; white-space:pre-wrap'>{html.escape(text)}</td>"
+
+
+def _caption(title: str | None) -> str:
+    return f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
 
 
 class Metrics(dict):

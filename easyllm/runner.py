@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoConfig, set_seed
 
@@ -23,11 +24,12 @@ from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
 from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
+from .evaluation import EVALUATION_FILE, Answerer, EvalResult, Reference, compare_replies
 from .generation import Reply, generate_batch, stream_reply
 from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
 from .model_card import model_card, write_model_card
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
-from .notebook import LiveLossPlot, Metrics, html_table, in_notebook
+from .notebook import LiveLossPlot, html_table, in_notebook
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
 from .training import TrainResult, run_trainer, write_run_records
 
@@ -77,6 +79,7 @@ class ModelRunner:
             self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
         self.last_result: TrainResult | None = None
+        self.run_dir: Path | None = None  # the run folder (after train() or load()): evaluate() writes there
         self.model = self._load_model(method)
 
     # -- the three lines ---------------------------------------------------------------------
@@ -174,25 +177,50 @@ class ModelRunner:
             trainer.add_callback(LiveLossPlot())
         result = run_trainer(trainer, self.data, resume_from=run.resume_from)
         result.metrics["trainable_parameters"] = trainable
+        self.run_dir = run.path
         if self.data.validation is not None:
             result.metrics.update(self.evaluate())
         ckpt.save_run(lambda: self.save(run.path, _result=result), run.path)
         self.last_result = result
         return result
 
-    def evaluate(self, data: DataSource | None = None, *, batch_size: int = 8) -> Metrics:
-        """The task's held-out metrics (SFT: eval loss and perplexity) on the validation split or `data`."""
-        if data is not None:
-            options = DataOptions(val_size=0, seed=self.seed)
-            dataset = self.task.prepare(read_source(data), self.encoder, options).train
-        elif self.data is not None and self.data.validation is not None:
-            dataset = self.data.validation
-        else:
-            raise UsageError(
-                "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
-                "or pass data=... to evaluate()."
+    def evaluate(
+        self, data: DataSource | None = None, *, batch_size: int = 8, max_samples: int | None = 32,
+        max_new_tokens: int | None = None, generate: bool = True, compare: bool | ModelRunner = False,
+    ) -> EvalResult:
+        """Held-out metrics on the validation split or `data`; with a run folder, also written to evaluation.json.
+
+        Every task gives its own metrics (SFT: eval_loss and perplexity). Chat tasks (sft) also
+        answer the first `max_samples` held-out prompts (None: all), greedily with the training
+        template, and score the replies against the reference replies: exact_match, token_f1,
+        rouge_l, bleu, runaway_rate (share cut off at `max_new_tokens` without ending their turn;
+        None: 256, or twice the longest reference plus 16) and mean lengths. `generate=False` skips that.
+        `compare=True` answers the same prompts with the adapter turned off (the base model, no
+        second copy) and adds its metrics as base_*; `compare=<another ModelRunner>` adds that
+        model's as compare_*. See docs/evaluation.md.
+
+        >>> result = runner.evaluate(compare=True)
+        >>> result["rouge_l"], result["base_rouge_l"], result.samples[0].reply
+        """
+        dataset, described = self._eval_dataset(data)
+        model = self._require_model()
+        other = self._comparison(compare, generate)
+        prefix = "" if other is None else "base_" if compare is True else "compare_"
+        result = EvalResult(self.task.evaluate(model, self.tokenizer, dataset, batch_size), data=described,
+                            compared_with=other.label if other else None, prefix=prefix)
+        if compare is True:  # the same weights and tokens with the adapter off: its loss means the same
+            with other.context():
+                result.update(_prefixed(prefix, self.task.evaluate(model, self.tokenizer, dataset, batch_size)))
+        references = self._references(dataset, max_samples) if generate else []
+        if references:
+            metrics, result.samples = compare_replies(
+                Answerer("model", model, self.encoder), other, references, prefix=prefix,
+                max_new_tokens=max_new_tokens, batch_size=batch_size,
             )
-        return Metrics(self.task.evaluate(self._require_model(), self.tokenizer, dataset, batch_size))
+            result.update(metrics)
+        if self.run_dir is not None and ckpt.is_main_process():
+            result.save(self.run_dir / EVALUATION_FILE)
+        return result
 
     @overload
     def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
@@ -328,6 +356,7 @@ class ModelRunner:
             runner.model = runner._load_model(info["method"], task_info=info["task_info"])
         if info.get("adapter"):
             runner.model = PeftModel.from_pretrained(runner.model, str(folder), is_trainable=True)
+        runner.run_dir = folder
         return runner
 
     def merge(self, path: str | os.PathLike) -> Path:
@@ -386,6 +415,48 @@ class ModelRunner:
         if model is not None:
             keep_4bit_weights_trainable(model)  # before any generate() can repack them
         return model
+
+    def _eval_dataset(self, data: DataSource | None) -> tuple[Dataset, str]:
+        """The encoded rows to evaluate on, and where they came from."""
+        if data is not None:
+            options = DataOptions(val_size=0, seed=self.seed, keep_references=True)
+            prepared = self.task.prepare(read_source(data), self.encoder, options)
+            return prepared.train, prepared.report.source
+        if self.data is not None and self.data.validation is not None:
+            return self.data.validation, f"the validation split of {self.data.report.source}"
+        raise UsageError(
+            "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
+            "or pass data=... to evaluate()."
+        )
+
+    def _references(self, dataset: Dataset, max_samples: int | None) -> list[Reference]:
+        references = getattr(self.task, "references", None)
+        if references is None:
+            return []
+        if max_samples is not None and max_samples < 1:
+            raise UsageError(f"max_samples={max_samples}: pass a count of at least 1, None for all rows, "
+                             "or generate=False to skip generated replies.")
+        return references(dataset, len(dataset) if max_samples is None else max_samples)
+
+    def _comparison(self, compare: bool | ModelRunner, generate: bool) -> Answerer | None:
+        """Who answers beside this model: its base (adapter off), another runner, or nobody."""
+        if compare is False:
+            return None
+        if compare is True:
+            if not isinstance(self.model, PeftModel):
+                raise UsageError(
+                    "compare=True compares the fine-tuned model with its base by turning the adapter off, but "
+                    f"this model has no adapter (method='{self.settings.method}', or not trained yet). Pass "
+                    "compare=ModelRunner(<base model>) to compare with another model."
+                )
+            return Answerer("base (adapter off)", self.model, self.encoder, self.model.disable_adapter)
+        if not isinstance(compare, ModelRunner):
+            raise UsageError(f"compare={compare!r}: pass True (the base model, adapter off) or another ModelRunner.")
+        if not generate or getattr(self.task, "references", None) is None:
+            reason = "generate=False" if generate is False else f"task '{self.task_name}' has no reference replies"
+            raise UsageError(f"compare=<ModelRunner> compares generated replies, but {reason}: "
+                             "use a chat task (sft) with generate=True.")
+        return Answerer(compare.model_name, compare._require_model(), compare._require_generative())
 
     def _require_generative(self) -> ChatEncoder:
         if not self.task.generative or self.encoder is None:
@@ -451,6 +522,10 @@ def _as_conversation(prompt: str | list[Message], system: str | None) -> list[Me
     if system is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system}, *messages]
     return messages
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {prefix + name: value for name, value in metrics.items()}
 
 
 def _portable(model_name: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -26,3 +28,21 @@ def test_quickstart_teaches_the_identity(tmp_path):
     assert after != before
     runs = list((tmp_path / "easyllm-runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "adapter_model.safetensors").is_file()
+    _check_evaluation(runs[0])
+
+
+def _check_evaluation(run: Path) -> None:
+    """The trained run, reloaded, beats its own base model on the held-out identity questions."""
+    from easyllm import ModelRunner
+
+    written = json.loads((run / "evaluation.json").read_text())  # by train(), on the held-out rows
+    assert written["metrics"]["runaway_rate"] == 0.0 and len(written["samples"]) == 4
+    runner = ModelRunner.load(run)
+    runner.load_data(REPO / "examples" / "data" / "identity.jsonl")  # the same seed holds out the same rows
+    result = runner.evaluate(compare=True)
+    shown = {k: round(v, 3) for k, v in result.items()}, [(s.reply, s.other_reply) for s in result.samples]
+    assert result["rouge_l"] > result["base_rouge_l"] + 0.2, shown
+    assert result["token_f1"] > result["base_token_f1"] and result["exact_match"] >= result["base_exact_match"], shown
+    assert result["runaway_rate"] == 0.0, shown
+    assert result["eval_loss"] < result["base_eval_loss"], shown
+    assert [s["reference"] for s in written["samples"]] == [s.reference for s in result.samples]

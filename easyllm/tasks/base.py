@@ -28,6 +28,7 @@ class DataOptions:
     on_bad_rows: OnBadRows = "raise"
     train_on: TrainOn = "assistant"
     on_control_tokens: ControlTokenPolicy = "text"
+    keep_references: bool = False  # generative tasks: the train split, too, keeps prompts and reference replies
 
 
 @dataclass
@@ -107,6 +108,10 @@ class Task(Protocol):
 
     Register one with `register_task(name, task)`; `ModelRunner(task=name)` then uses it.
     Helpers shared by causal-LM tasks live in `easyllm.tasks.causal`.
+
+    Optional hooks, looked up by name: `references(dataset, limit) -> list[evaluation.Reference]`
+    (generative tasks: the prompts and reference replies `evaluate()` generates from and scores
+    against), `predict` (classify) and `score` (rm).
     """
 
     name: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 
 from datasets import Dataset
@@ -14,8 +15,12 @@ from ..data.formats import Conversation, Message, column_format, convert_rows, k
 from ..data.loading import Record, source_name
 from ..data.split import train_val_split
 from ..errors import DataError
+from ..evaluation import Reference
 from . import causal
 from .base import DataOptions, DataReport, PreparedData, register_task
+
+# Columns that let evaluate() generate from a row and score the reply (the validation split keeps them).
+PROMPT_COLUMN, REFERENCE_COLUMN = "prompt_messages", "reference"
 
 
 class SFTTask:
@@ -44,8 +49,8 @@ class SFTTask:
         encoder = causal.apply_control_token_policy(conversations, encoder, options, report)
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
-        train = self._encode(train_rows, encoder, options.max_length, report)
-        validation = self._encode(val_rows, encoder, options.max_length, report) if val_rows else None
+        train = self._encode(train_rows, encoder, options.max_length, report, options.keep_references)
+        validation = self._encode(val_rows, encoder, options.max_length, report, True) if val_rows else None
         if len(train) == 0:
             raise DataError(f"No trainable example is left in {source}:\n{report}")
         report.train_examples, report.val_examples = len(train), len(validation or [])
@@ -55,10 +60,22 @@ class SFTTask:
         return PaddingCollator(tokenizer.pad_token_id)
 
     @staticmethod
+    def references(dataset: Dataset, limit: int) -> list[Reference]:
+        """The first `limit` rows' prompts and reference replies, for evaluate() to generate from."""
+        if PROMPT_COLUMN not in dataset.column_names:
+            return []
+        rows = dataset.select(range(min(limit, len(dataset))))
+        return [Reference(json.loads(prompt), reply)
+                for prompt, reply in zip(rows[PROMPT_COLUMN], rows[REFERENCE_COLUMN], strict=True)]
+
+    @staticmethod
     def _encode(
-        conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport
+        conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport,
+        keep_references: bool = False,
     ) -> Dataset:
-        rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        rows: dict[str, list] = {"input_ids": [], "labels": []}
+        if keep_references:
+            rows |= {PROMPT_COLUMN: [], REFERENCE_COLUMN: []}
         end_of_turn = set(encoder.end_of_turn_ids)
         for conversation in conversations:
             encoded = encoder.encode(conversation.messages, tools=conversation.tools)
@@ -75,12 +92,27 @@ class SFTTask:
                 continue
             rows["input_ids"].append(encoded.input_ids)
             rows["labels"].append(encoded.labels)
+            if keep_references:
+                reference = split_last_reply(conversation.messages)
+                rows[PROMPT_COLUMN].append(json.dumps(reference.prompt, ensure_ascii=False))
+                rows[REFERENCE_COLUMN].append(reference.reply)
             report.trained_tokens += encoded.trained_tokens
             report.total_tokens += len(encoded.input_ids)
             report.lengths.append(len(encoded.input_ids))
             if encoder.train_on != "all":
                 report.unterminated_replies += count_unterminated_replies(encoded, end_of_turn)
         return Dataset.from_dict(rows)
+
+
+def split_last_reply(messages: list[Message]) -> Reference:
+    """Everything before the last assistant reply (the prompt) and that reply's text (the reference).
+
+    >>> split_last_reply([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    Reference(prompt=[{'role': 'user', 'content': 'Hi'}], reply='Yo')
+    """
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    reply = messages[last].get("content") if last < len(messages) else None
+    return Reference(list(messages[:last]), reply if isinstance(reply, str) else "")
 
 
 def fit_to_length(
