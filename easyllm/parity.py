@@ -58,7 +58,7 @@ class ParityReport:
     token_agreement: float  # share of reply positions where both chose the same token
     max_logprob_drift: float  # of the adapter's chosen tokens, teacher-forced through both models
     mean_logprob_drift: float
-    quantized_base: bool  # the adapter ran on a 4-bit base; the merged model is full precision
+    quantized_base: bool  # the adapter ran on a 4-bit base, merged into its de-quantized weights
     tolerance: float = DRIFT_TOLERANCE
     details: list[PromptParity] = field(default_factory=list)
 
@@ -75,9 +75,6 @@ class ParityReport:
                 f"mean {self.mean_logprob_drift:.2g}")
         if self.ok:
             return line + ": the merged model answers like the adapter."
-        if self.quantized_base:
-            return line + (": expected, not a merge fault: the adapter was trained on a 4-bit base and the merged "
-                           "model is full precision (the difference is the base's quantization error).")
         return line + (f": the merged model does NOT answer like the adapter (tolerance {self.tolerance:g}); "
                        "check that it was merged into the same base model the adapter was trained on.")
 

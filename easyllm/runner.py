@@ -15,7 +15,7 @@ from transformers import AutoConfig, set_seed
 
 from . import __version__
 from . import checkpoints as ckpt
-from .adapters import count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
+from .adapters import copy_dequantized_weights, count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
 from .config import SETTINGS_FIELDS, Method, TrainSettings, build_settings
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
@@ -23,6 +23,7 @@ from .data.formats import Message, OnBadRows
 from .data.loading import DataSource, read_source, write_rejects
 from .data.preview import Preview, spans
 from .data.templates import ResolvedTemplate, resolve_template
+from .drift import check_template, template_fingerprint
 from .errors import UsageError
 from .evaluation import EVALUATION_FILE, Answerer, EvalResult, Reference, compare_replies
 from .generation import Reply, generate_batch, stream_reply
@@ -30,6 +31,8 @@ from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model
 from .model_card import model_card, write_model_card
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
 from .notebook import LiveLossPlot, html_table, in_notebook
+from .parity import ParityReport, merge_parity, parity_prompts
+from .reproduce import write_reproduction_record
 from .tasks import TASKS, DataOptions, DataReport, PreparedData
 from .training import TrainResult, run_trainer, write_run_records
 
@@ -78,6 +81,8 @@ class ModelRunner:
             self.tokenizer.chat_template = self.template.source  # saved with the tokenizer: reloads chat the same
             self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
+        self._data_path: str | None = None  # what load_data() read, for reproduce.json
+        self._data_options: DataOptions | None = None
         self.last_result: TrainResult | None = None
         self.run_dir: Path | None = None  # the run folder (after train() or load()): evaluate() writes there
         self.model = self._load_model(method)
@@ -115,6 +120,8 @@ class ModelRunner:
         )
         with ckpt.main_process_first():  # several processes: prepare once, the others reuse the cache
             self.data = self.task.prepare(read_source(source), self.encoder, options)
+        self._data_path = str(source) if isinstance(source, (str, os.PathLike)) else None
+        self._data_options = options
         if self.template is not None and self.task.uses_chat_template:
             self.data.report.template = f"{self.template.name} ({self.template.reason})"
         if ckpt.is_main_process():
@@ -167,6 +174,13 @@ class ModelRunner:
             model_config=self.model.config, max_length=_longest_example(self.data),
         )
         ckpt.on_main_process(ckpt.check_free_space, run.path, self.model, args)
+        ckpt.on_main_process(  # before training: a run that crashes is recorded too
+            write_reproduction_record, run.path, model_name=_portable(self.model_name), model_source=self._source,
+            task=self.task_name, settings=settings, seed=self.seed, data=self.data, tokenizer=self.tokenizer,
+            template=self.template, manifest=manifest, data_path=self._data_path, data_options=self._data_options,
+            training_arguments=args, trust_remote_code=self.trust_remote_code,
+            revision=getattr(self.model.config, "_commit_hash", None),
+        )
         if ckpt.is_main_process():
             start = f"; resuming from {run.resume_from.name}" if run.resume_from else ""
             print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
@@ -324,6 +338,8 @@ class ModelRunner:
         saved_info = getattr(self.task, "saved_info", None)  # what a data-built model needs to be rebuilt
         if saved_info is not None and self.model is not None:
             info["task_info"] = saved_info(self.model)
+        if self.template is not None:  # load() checks that chats still render as in training
+            info["template_fingerprint"] = template_fingerprint(self.tokenizer)
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
         try:
             write_model_folder(staging, self.model, self.tokenizer, info)
@@ -343,15 +359,22 @@ class ModelRunner:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ModelRunner:
-        """Reload a folder written by save() or train(): same model, adapter, tokenizer and template."""
+    def load(cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False) -> ModelRunner:
+        """Reload a folder written by save() or train(): same model, adapter, tokenizer and template.
+
+        Chats must render as in training: if they do not (another `template=`, or a library
+        version that tokenizes the saved tokenizer differently), a TemplateDriftWarning shows the
+        difference; `strict=True` raises ConfigError instead.
+        """
         folder = Path(path)
         info = read_save_info(folder)
         base = info["base_model"] if info["base_model"] is not None else str(folder)
         runner = cls(
-            base, task=info["task"], method=info["method"],
+            base, task=info["task"], method=info["method"], template=template,
             trust_remote_code=info.get("trust_remote_code", False), _tokenizer_source=str(folder),
         )
+        if runner.template is not None:
+            check_template(info.get("template_fingerprint"), runner.tokenizer, strict=strict, source=str(folder))
         if runner.model is None and info.get("task_info") is not None:  # built from the data (classify: labels)
             runner.model = runner._load_model(info["method"], task_info=info["task_info"])
         if info.get("adapter"):
@@ -359,10 +382,13 @@ class ModelRunner:
         runner.run_dir = folder
         return runner
 
-    def merge(self, path: str | os.PathLike) -> Path:
+    def merge(self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None) -> Path:
         """Write the LoRA adapter merged into full-precision base weights: a plain transformers folder.
 
-        A QLoRA model is merged into a freshly loaded full-precision base, never into 4-bit weights.
+        A QLoRA adapter is merged into the de-quantized 4-bit weights it was trained on (in a
+        freshly loaded full-precision model), so the merged model answers like the adapter. `check`: generative models answer a few held-out prompts (`prompts`, else the validation
+        split, else fixed probes) with the adapter and merged; agreement and log-prob drift are
+        printed and written to parity.json (see docs/reliability.md).
         """
         if not isinstance(self.model, PeftModel):
             raise UsageError("Nothing to merge: this model has no adapter (train with method='lora' or 'qlora').")
@@ -377,9 +403,13 @@ class ModelRunner:
             else:
                 base = self.task.load_model(self._source, quantize_4bit=False,
                                             trust_remote_code=self.trust_remote_code, data=self.data)
+            if is_4bit(self.model.get_base_model()):
+                copy_dequantized_weights(self.model.get_base_model(), base)
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target))
         try:
+            if check and self.task.generative and self.encoder is not None:
+                self._check_parity(merged, prompts).write(staging)
             merged.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             _move_into(staging, target)
@@ -404,6 +434,15 @@ class ModelRunner:
             return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
 
     # -- internals ---------------------------------------------------------------------------
+    def _check_parity(self, merged, prompts: list[str] | None) -> ParityReport:
+        if prompts:
+            ids = [self.encoder.encode_prompt(_as_conversation(prompt, None)) for prompt in prompts]
+        else:
+            ids = parity_prompts(self.encoder, self.data.validation if self.data is not None else None)
+        report = merge_parity(self.model, merged, self.encoder, ids)
+        print(f"easyllm: {report}")
+        return report
+
     def _load_model(self, method: str, task_info: dict[str, Any] | None = None):
         options = {"quantize_4bit": method == "qlora", "trust_remote_code": self.trust_remote_code}
         if task_info is not None:

@@ -119,8 +119,8 @@ def test_runner_merge_keeps_parity_on_held_out_prompts(tiny_model_dir, chats, tm
     assert report.ok and report.max_logprob_drift < 1e-4, str(report)
 
 
-def test_an_adapter_on_a_4bit_base_is_reported_honestly(tiny_model_dir, tokenizer, tmp_path):
-    from easyllm.adapters import keep_4bit_weights_trainable
+def test_a_qlora_adapter_merges_into_its_dequantized_weights(tiny_model_dir, tokenizer, tmp_path):
+    from easyllm.adapters import copy_dequantized_weights, keep_4bit_weights_trainable
     from easyllm.modeling import load_causal_lm
 
     base_4bit = load_causal_lm(str(tiny_model_dir), quantize_4bit=True)
@@ -132,13 +132,19 @@ def test_an_adapter_on_a_4bit_base_is_reported_honestly(tiny_model_dir, tokenize
             if "lora_B" in name:
                 parameter.normal_(0, 0.2)
     adapter.save_pretrained(tmp_path / "adapter")
-    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    merged = PeftModel.from_pretrained(full, tmp_path / "adapter").merge_and_unload()
     encoder = ChatEncoder(tokenizer)
-    report = merge_parity(adapter, merged, encoder, parity_prompts(encoder, limit=2), max_new_tokens=4)
-    assert report.quantized_base and not report.ok  # the 4-bit rounding the adapter saw is gone
-    assert report.max_logprob_drift > report.tolerance
-    assert "quantization error" in report.summary and "not a merge fault" in report.summary
+    prompts = parity_prompts(encoder, limit=2)
+
+    originals = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # not what the adapter was trained on
+    merged = PeftModel.from_pretrained(originals, tmp_path / "adapter").merge_and_unload()
+    report = merge_parity(adapter, merged, encoder, prompts, max_new_tokens=4)
+    assert report.quantized_base and not report.ok and report.max_logprob_drift > report.tolerance
+
+    dequantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    copy_dequantized_weights(adapter.get_base_model(), dequantized)
+    merged = PeftModel.from_pretrained(dequantized, tmp_path / "adapter").merge_and_unload()
+    report = merge_parity(adapter, merged, encoder, prompts, max_new_tokens=4)
+    assert report.ok and report.max_logprob_drift < 1e-4, str(report)
 
 
 # -- the reproduction record --------------------------------------------------------------------
@@ -211,3 +217,42 @@ def test_the_snippet_in_the_record_trains_the_same_weights(tiny_model_dir, chats
     again = dict(namespace["runner"].model.named_parameters())
     trained = {name: p for name, p in runner.model.named_parameters() if "lora_" in name}
     assert trained and all(torch.equal(p, again[name]) for name, p in trained.items())
+
+
+# -- wired into the runner ----------------------------------------------------------------------
+def test_load_checks_that_chats_render_as_in_training(tiny_model_dir, tmp_path):
+    runner = ModelRunner(str(tiny_model_dir))
+    runner.save(tmp_path / "saved")
+    info = json.loads((tmp_path / "saved" / "easyllm.json").read_text())
+    assert info["template_fingerprint"] == template_fingerprint(runner.tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ModelRunner.load(tmp_path / "saved", strict=True)
+    with pytest.warns(TemplateDriftWarning, match="### Response"):
+        ModelRunner.load(tmp_path / "saved", template="plain")
+    with pytest.raises(ConfigError, match="renders chats differently"):
+        ModelRunner.load(tmp_path / "saved", template="plain", strict=True)
+
+
+def test_a_run_records_how_to_reproduce_it_and_export_checks_parity(tiny_model_dir, chats, tmp_path, capsys):
+    from easyllm.cli import main
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in chats))
+    runner = ModelRunner(str(tiny_model_dir))
+    runner.load_data(str(data), val_size=2)
+    runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-2, **FAST)
+    record = json.loads((tmp_path / "run" / REPRODUCE_FILE).read_text())
+    assert record["data"]["source"] == str(data) and record["data"]["options"]["val_size"] == 2
+    assert record["training_arguments"]["learning_rate"] == 1e-2
+    assert record["fingerprints"] == json.loads(
+        (next((tmp_path / "run").glob("checkpoint-*")) / "easyllm-checkpoint.json").read_text())["fingerprints"]
+    assert f"runner.load_data({str(data)!r}, val_size=2)" in record["reproduce"]
+
+    capsys.readouterr()
+    runner.merge(tmp_path / "merged")  # on the 2 held-out prompts
+    assert "merge parity: 2 of 2 prompts give the same greedy tokens" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "run"), "--merge", str(tmp_path / "exported")]) == 0
+    assert "merge parity: 4 of 4 prompts" in capsys.readouterr().out  # a reloaded run: the probe prompts
+    parity = json.loads((tmp_path / "exported" / PARITY_FILE).read_text())
+    assert parity["ok"] and parity["max_logprob_drift"] < 1e-4
