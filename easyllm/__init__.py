@@ -24,9 +24,10 @@ from .errors import (
     UsageError,
 )
 from .runner import ModelRunner
+from .synthesis import Endpoint, synthesize
 from .tasks import register_task
 
 __all__ = [
-    "ConfigError", "DataError", "EasyLLMError", "ModelLoadError", "ModelRunner", "SaveError", "UnknownNameError",
-    "UsageError", "__version__", "register_task",
+    "ConfigError", "DataError", "EasyLLMError", "Endpoint", "ModelLoadError", "ModelRunner", "SaveError",
+    "UnknownNameError", "UsageError", "__version__", "register_task", "synthesize",
 ]

@@ -4,6 +4,8 @@
     easyllm train config.yaml                 # the same keys as the Python arguments
     easyllm generate RUN_DIR --prompt "..."   easyllm chat RUN_DIR
     easyllm eval RUN_DIR --data F             easyllm export RUN_DIR --merge OUT_DIR
+    easyllm serve RUN_DIR_OR_MODEL [--port 8000]
+    easyllm synthesize PROMPTS (--teacher RUN_DIR_OR_MODEL | --endpoint URL --endpoint-model NAME)
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def _runner(run_dir: str):
     from .runner import ModelRunner
 
     return ModelRunner.load(run_dir)
+
+
+def _any_runner(spec: str):
+    """A folder written by train()/save() is reloaded with its adapter; anything else is a model."""
+    from .hub import SAVE_INFO_FILE
+    from .runner import ModelRunner
+
+    return ModelRunner.load(spec) if (Path(spec) / SAVE_INFO_FILE).is_file() else ModelRunner(spec)
 
 
 def config_from_yaml(path: Path) -> dict[str, Any]:
@@ -95,11 +105,40 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    print(json.dumps(_runner(args.run_dir).evaluate(args.data), indent=2))
+    result = _runner(args.run_dir).evaluate(
+        args.data, batch_size=args.batch_size, max_samples=args.max_samples,
+        max_new_tokens=args.max_new_tokens, generate=args.generate, compare=args.compare,
+    )
+    print(json.dumps(dict(result), indent=2))  # stdout stays the metrics as JSON
+    print(f"Replies side by side: {Path(args.run_dir) / 'evaluation.json'}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    print(f"Merged weights written to {_runner(args.run_dir).merge(args.merge)}")
+    print(f"Merged weights written to {_runner(args.run_dir).merge(args.merge, check=not args.no_check)}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(_any_runner(args.model), args.host, args.port, model_name=args.name,
+          announce=lambda line: print(line, flush=True))
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from .synthesis import Endpoint, synthesize
+
+    if (args.teacher is None) == (args.endpoint is None):
+        raise ConfigError("Name one teacher: --teacher RUN_DIR_OR_MODEL, or --endpoint URL with --endpoint-model NAME.")
+    if args.endpoint is not None and not args.endpoint_model:
+        raise ConfigError("--endpoint needs --endpoint-model NAME (the model the server should use).")
+    teacher = (_any_runner(args.teacher) if args.teacher is not None else
+               Endpoint(args.endpoint_model, base_url=args.endpoint, api_key_env=args.api_key_env,
+                        concurrency=args.concurrency))
+    sampling = {"temperature": args.temperature} if args.temperature else {}
+    path = synthesize(args.inputs, teacher, output=args.output, system=args.system, n=args.n,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, column=args.column,
+                      min_chars=args.min_chars, max_chars=args.max_chars, **sampling)
+    print(f"Training rows in {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +173,43 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("eval", cmd_eval, "Held-out metrics of a trained run on a data file.")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--compare", action="store_true",
+                          help="also answer with the adapter off (the base model), side by side")
+    evaluate.add_argument("--max-samples", type=int, default=32,
+                          help="held-out prompts to answer (generation is the costly part)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="reply length limit (default: 256, or 2x the longest reference + 16)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--no-generate", dest="generate", action="store_false", help="loss and perplexity only")
 
     export = add("export", cmd_export, "Merge a LoRA run into full-precision weights.")
     export.add_argument("run_dir")
     export.add_argument("--merge", required=True, metavar="OUT_DIR", help="folder for the merged model")
+    export.add_argument("--no-check", action="store_true",
+                        help="skip comparing the merged model's answers with the adapter's (parity.json)")
+
+    serve = add("serve", cmd_serve, "Serve a model or run as an OpenAI-compatible chat API.")
+    serve.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="a run folder, a model folder, hub id or built-in name")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines (no authentication)")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--name", help="the model name the API reports (default: the model's)")
+
+    synth = add("synthesize", cmd_synthesize, "Have a teacher model answer prompts: training rows for a student.")
+    synth.add_argument("inputs", help="prompts: .jsonl, .csv, .json, .parquet or .txt (one per line)")
+    synth.add_argument("--teacher", metavar="RUN_DIR_OR_MODEL", help="a local teacher")
+    synth.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    synth.add_argument("--endpoint-model", metavar="NAME", help="the model name to ask the endpoint for")
+    synth.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    synth.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
+    synth.add_argument("--output", default="synthesized.jsonl", help="rows are appended here; rerun to resume")
+    synth.add_argument("--system", help="a system prompt for the teacher (kept in the rows)")
+    synth.add_argument("--column", help="the prompt column (default: prompt, instruction, input, question or text)")
+    synth.add_argument("--n", type=int, default=1, help="answers per prompt (needs --temperature)")
+    synth.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy)")
+    synth.add_argument("--max-new-tokens", type=int, default=512, help="longer answers are dropped as truncated")
+    synth.add_argument("--batch-size", type=int, default=16, help="prompts per batch for a local teacher")
+    synth.add_argument("--min-chars", type=int, help="drop shorter answers")
+    synth.add_argument("--max-chars", type=int, help="drop longer answers")
     return parser
 
 

@@ -59,9 +59,23 @@ def test_eval_prints_json_metrics(trained_run, data_file, capsys):
     out = capsys.readouterr().out
     metrics = json.loads(out[out.index("{"):])
     assert metrics["eval_examples"] == 12 and metrics["perplexity"] > 1
+    assert 0 <= metrics["rouge_l"] <= 1 and 0 <= metrics["runaway_rate"] <= 1
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "chat", "eval", "export"])
+def test_eval_compare_and_loss_only(trained_run, data_file, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(trained_run), "--data", str(data_file), "--compare", "--max-samples", "2",
+                 "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{"):])
+    assert metrics["generated_replies"] == 2 and "base_rouge_l" in metrics and "base_eval_loss" in metrics
+    assert main(["eval", str(trained_run), "--data", str(data_file), "--no-generate"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{"):])
+    assert "perplexity" in metrics and "rouge_l" not in metrics
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "chat", "eval", "export", "serve", "synthesize"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args([command, "--help"])
