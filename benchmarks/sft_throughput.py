@@ -43,7 +43,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 DATA_FILE = Path("/work/shared/data/alpaca_en_demo.json")
-CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-no-ckpt", "easyllm-ckpt")
+CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-eager", "easyllm-no-ckpt",
+                "easyllm-ckpt")
 DEFAULT_CONFIGS = ("easyllm", "trl-default", "trl-tuned", "trainer-padded")
 MAX_LENGTH = 512
 BATCH_SIZE = 8
@@ -61,10 +62,13 @@ SETTINGS = {
     "easyllm": (
         "ModelRunner(MODEL_DIR); load_data(rows, val_size=0, max_length=512); train(max_steps, "
         "per_device_train_batch_size=8, lora_r=16, lora_alpha=32, logging_steps=1). easyllm defaults: "
-        "fp32, gradient checkpointing decided from the activation estimate and free memory, each batch's 8 examples packed padding-free into rows of at most "
+        "fp32, gradient checkpointing decided from the activation estimate and free memory, decoder layers "
+        "compiled (torch.compile) when the run is long enough to pay for it (estimated from 6·N·D; compiling "
+        "happens in the warm-up step), each batch's 8 examples packed padding-free into rows of at most "
         "512 tokens (attention kept inside each example), group_by_length sampling, cosine schedule with "
         "5% warm-up, loss on the assistant replies only, output layer run on trained positions only"
     ),
+    "easyllm-eager": "as easyllm, with compile=False forced (no torch.compile)",
     "easyllm-no-ckpt": "as easyllm, with gradient_checkpointing=False forced",
     "easyllm-ckpt": "as easyllm, with gradient_checkpointing=True forced",
     "trl-default": (
@@ -193,8 +197,17 @@ def lora_config():
 # -- the four configurations: each builds and runs one trainer --------------------------------
 def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict,
                 **forced: Any) -> None:
+    import easyllm.compilation
+    import easyllm.training
     from easyllm import ModelRunner
 
+    compile_layers = easyllm.training.compiled_layers
+
+    def recording(model, enabled):  # records how many layers easyllm compiled
+        probe["compiled_layers"] = len(easyllm.compilation.decoder_layers(model)) if enabled else 0
+        return compile_layers(model, enabled)
+
+    easyllm.training.compiled_layers = recording
     runner = ModelRunner(model_dir)
     runner.load_data(chats, val_size=0, max_length=MAX_LENGTH)
     runner.train(max_steps=max_steps, per_device_train_batch_size=BATCH_SIZE, lora_r=LORA["r"],
@@ -259,6 +272,7 @@ def run_trainer_padded(model_dir: str, chats: list, max_steps: int, gpu: bool, o
 CONFIGS: dict[str, Callable[..., None]] = {
     "easyllm": run_easyllm,
     # the two sides of easyllm's automatic gradient-checkpointing choice, forced
+    "easyllm-eager": lambda *a: run_easyllm(*a, compile=False),
     "easyllm-no-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=False),
     "easyllm-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=True),
     "trl-default": lambda *a: run_trl(*a, tuned=False),
@@ -326,6 +340,7 @@ def child(opts: argparse.Namespace) -> None:
         "final_loss": statistics.fmean(window) if window else None,
         "process_s": time.perf_counter() - start,
         "trl_settings": probe.get("trl_settings"),
+        "compiled_layers": probe.get("compiled_layers"),
     }
     Path(opts.result).write_text(json.dumps(result, indent=2, default=str))
 
@@ -533,7 +548,8 @@ def section(name: str, config_runs: list[dict[str, Any]], trl_version: str) -> l
         f"Settings: {SETTINGS[name]}.  ",
         (
             f"Measured: {first['device']}, {first['precision']}, gradient checkpointing "
-            f"{'on' if first['gradient_checkpointing'] else 'off'}, {first['torch_threads']} threads, "
+            f"{'on' if first['gradient_checkpointing'] else 'off'}, "
+            f"{first.get('compiled_layers') or 'no'} layers compiled, {first['torch_threads']} threads, "
             f"N = {first['base_params']:,} base parameters, {first['trainable_params']:,} trainable."
         ),
     ]

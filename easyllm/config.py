@@ -32,6 +32,7 @@ class TrainSettings:
     lora_dropout: float = 0.0  # dropout costs a quarter of a CPU step and small runs rarely need it
     target_modules: str | list[str] = "all-linear"
     packing: bool = True  # several examples per row, attention kept inside each (see data/packing.py)
+    compile: bool | None = None  # compile the decoder layers; None: when the run is long enough (compilation.py)
     output_dir: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 
 import torch
 
 # Bytes of saved activations per token, per layer, per unit of hidden size, in fp32 LoRA training
 # (attention inputs/outputs, the MLP's wider intermediates, norms, rotary copies). Measured on
-# SmolLM2-135M, 4 x 480 packed tokens: 3.1 GB saved for backward (~92 bytes), rounded up.
-_ACTIVATION_BYTES_PER_HIDDEN = 100
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-_MMAP_THRESHOLD_BYTES = 1 << 20
+# SmolLM2-135M: 3.1 GB are saved for backward for 4 x 480 packed tokens (~92 bytes), and the
+# process's resident memory grows by ~1.6x that (glibc keeps freed activations on its heap;
+# handing them back at once cost 60% of the step time). 8 x 512 tokens: 10.4 GB resident.
+_ACTIVATION_BYTES_PER_HIDDEN = 160
 _MEMORY_SHARE = 0.5  # checkpoint when activations would need more than this share of free memory
 
 
@@ -45,19 +43,3 @@ def prefers_bf16(device: torch.device) -> bool:
     """
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
-
-def return_freed_memory_promptly() -> bool:
-    """Make glibc hand large freed blocks (activations) back to the system at once; True if done.
-
-    glibc raises its mmap threshold each time a large block is freed, after which activations
-    live on its heap and freed ones stay there, fragmented: a SmolLM2 LoRA step with 4 x 480
-    tokens peaked at 6.0 GiB resident with glibc's default and 4.1 GiB with a fixed 1 MiB
-    threshold, for the same 3.1 GB of activations. Other platforms and allocators are left as they are.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # musl or another libc without mallopt
-        return False

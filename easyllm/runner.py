@@ -15,7 +15,13 @@ from transformers import AutoConfig, set_seed
 
 from . import __version__
 from . import checkpoints as ckpt
-from .adapters import copy_dequantized_weights, count_parameters, is_4bit, keep_4bit_weights_trainable, make_trainable
+from .adapters import (
+    copy_dequantized_weights,
+    count_parameters,
+    is_4bit,
+    keep_4bit_weights_trainable,
+    make_trainable,
+)
 from .config import SETTINGS_FIELDS, Method, TrainSettings, build_settings
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
@@ -189,7 +195,7 @@ class ModelRunner:
                                       manifest, run.resume_from)
         if in_notebook():
             trainer.add_callback(LiveLossPlot())
-        result = run_trainer(trainer, self.data, resume_from=run.resume_from)
+        result = run_trainer(trainer, self.data, resume_from=run.resume_from, compile=settings.compile)
         result.metrics["trainable_parameters"] = trainable
         self.run_dir = run.path
         if self.data.validation is not None:

@@ -18,9 +18,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .checkpoints import ResumableMixin
+from .compilation import compiled_layers, should_compile
 from .loss import trained_token_loss
 from .notebook import loss_figure
-from .resources import return_freed_memory_promptly
 
 if TYPE_CHECKING:
     from .tasks.base import PreparedData
@@ -44,18 +44,23 @@ class TrainResult:
         return html_table({**self.metrics, "saved in": str(self.output_dir)}, "TrainResult")
 
 
-def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.PathLike | None = None) -> TrainResult:
+def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.PathLike | None = None,
+                compile: bool | None = None) -> TrainResult:
     """Train (from `resume_from`, a checkpoint folder) and collect the training metrics.
 
     Held-out metrics are the task's `evaluate`. Ctrl-C (SIGINT) or SIGTERM stops after the current
-    step, writes a checkpoint and raises KeyboardInterrupt saying how to resume.
+    step, writes a checkpoint and raises KeyboardInterrupt saying how to resume. `compile`: compile
+    the decoder layers (None: for a long enough run of easyllm's own loss, see compilation.py).
     """
     resumed_at = _checkpoint_step(resume_from)  # read now: rotation may delete that checkpoint
-    return_freed_memory_promptly()
+    if compile is None:
+        compile = isinstance(trainer, TrainedTokenTrainer) and should_compile(trainer.model, _training_tokens(trainer, data))
     stop = StopOnSignal(announce=trainer.is_world_process_zero())
     trainer.add_callback(stop)
     try:
-        with stop.listening():
+        with stop.listening(), compiled_layers(trainer.model, compile) as compiled:
+            if compiled and trainer.is_world_process_zero():
+                print(f"easyllm: compiling the {compiled} decoder layers for faster steps (compile=False turns it off)")
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         trainer.remove_callback(stop)
@@ -72,6 +77,18 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
     metrics["train_examples"] = len(data.train)
     metrics["global_step"] = output.global_step
     return TrainResult(metrics, Path(trainer.args.output_dir), list(trainer.state.log_history))
+
+
+def _training_tokens(trainer: Trainer, data: PreparedData) -> int:
+    """Tokens the run will train on: every epoch of the data, or max_steps batches of it."""
+    if "input_ids" not in data.train.column_names or len(data.train) == 0:
+        return 0
+    per_example = sum(len(ids) for ids in data.train["input_ids"]) / len(data.train)
+    args = trainer.args
+    if args.max_steps and args.max_steps > 0:
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        return int(args.max_steps * batch * per_example)
+    return int(per_example * len(data.train) * args.num_train_epochs)
 
 
 def _checkpoint_step(checkpoint: str | os.PathLike | None) -> int:

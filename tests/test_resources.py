@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-import pytest
 import torch
 from transformers import LlamaConfig
 
@@ -42,31 +38,3 @@ def test_cpu_trains_in_fp32_by_default(tmp_path):
     assert free_memory_bytes(torch.device("cpu")) > 0
     assert not TrainSettings().training_arguments(str(tmp_path), 0, False).bf16
 
-
-FRAGMENTING_STEP = """
-import sys, torch
-from easyllm.resources import return_freed_memory_promptly
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-if sys.argv[1] == "tuned":
-    assert return_freed_memory_promptly()
-big = torch.ones(16 << 20, dtype=torch.uint8)
-del big  # glibc now keeps blocks up to 16 MiB on its heap
-before = rss()
-blocks = [torch.ones(4 << 20, dtype=torch.uint8) for _ in range(100)]  # 400 MiB of "activations"
-kept = blocks[::10]  # a few survive the step, as saved tensors do
-del blocks
-print((rss() - before) / 2**20)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tuning applies on Linux only")
-def test_freed_activations_go_back_to_the_system():
-    def held_mib(mode: str) -> float:
-        out = subprocess.run([sys.executable, "-c", FRAGMENTING_STEP, mode], capture_output=True, text=True, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
-
-    untuned, tuned = held_mib("default"), held_mib("tuned")
-    assert tuned < 80  # the 10 surviving blocks (40 MiB) and little else
-    assert untuned > 2 * tuned  # glibc's default keeps the freed blocks resident
