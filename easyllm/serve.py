@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -213,10 +213,8 @@ def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, *, mod
     """Serve until Ctrl-C. Bind to 0.0.0.0 only on a network you trust: there is no authentication."""
     with make_server(runner, host, port, model_name=model_name) as server:
         announce(f"easyllm: serving {server.model_name} at {server.base_url} (Ctrl-C to stop)")
-        try:
+        with suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped, not an error
             server.serve_forever()
-        except KeyboardInterrupt:
-            pass
 
 
 @contextmanager

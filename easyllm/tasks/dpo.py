@@ -13,7 +13,6 @@ copy); with full fine-tuning TRL computes the reference log-probs once, before t
 from __future__ import annotations
 
 from datasets import Dataset
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from ..data.encoding import ChatEncoder
@@ -44,22 +43,10 @@ class DPOTask:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
         args: TrainingArguments, settings,
     ) -> Trainer:
-        config_cls = preference.trl_class("trl", "DPOConfig")
-        trainer_cls = preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids)
-        with_adapter = isinstance(model, PeftModel)
-        config = preference.trl_config(
-            config_cls, args, beta=BETA, max_length=data.max_length,
-            precompute_ref_log_probs=not with_adapter,  # full fine-tuning: no second copy either
+        return preference.reference_trainer(
+            preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids),
+            preference.trl_class("trl", "DPOConfig"), model, tokenizer, data, args, beta=BETA,
         )
-        trainer = trainer_cls(
-            model=model, ref_model=None, args=config, train_dataset=data.train,
-            eval_dataset=data.validation, processing_class=tokenizer,
-        )
-        if not with_adapter:
-            setattr(model, preference.REFERENCE_STORED, True)
-            if data.validation is not None:
-                data.validation = trainer.eval_dataset  # with ref_chosen_logps / ref_rejected_logps
-        return trainer
 
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int

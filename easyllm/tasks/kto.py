@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from ..data.encoding import ChatEncoder
@@ -57,22 +56,11 @@ class KTOTask:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
         args: TrainingArguments, settings,
     ) -> Trainer:
-        config_cls = preference.trl_class("trl", "KTOConfig")
-        trainer_cls = preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids)
-        with_adapter = isinstance(model, PeftModel)
-        config = preference.trl_config(
-            config_cls, args, beta=BETA, max_length=data.max_length, train_sampling_strategy="sequential",
-            precompute_ref_log_probs=not with_adapter,
+        return preference.reference_trainer(
+            preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids),
+            preference.trl_class("trl", "KTOConfig"), model, tokenizer, data, args, beta=BETA,
+            train_sampling_strategy="sequential",
         )
-        trainer = trainer_cls(
-            model=model, ref_model=None, args=config, train_dataset=data.train,
-            eval_dataset=data.validation, processing_class=tokenizer,
-        )
-        if not with_adapter:
-            setattr(model, preference.REFERENCE_STORED, True)
-            if data.validation is not None:
-                data.validation = trainer.eval_dataset  # with ref_logps
-        return trainer
 
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int

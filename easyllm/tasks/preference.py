@@ -319,6 +319,26 @@ def trl_config(config_cls: type, args: TrainingArguments, **task_options: Any) -
     return config_cls(**{**fields, **task_options})
 
 
+def reference_trainer(trainer_cls: type, config_cls: type, model: PreTrainedModel, tokenizer,
+                      data: PreparedData, args: TrainingArguments, **task_options: Any):
+    """A TRL trainer that needs a reference model (DPO, KTO), without a second copy of the weights.
+
+    With LoRA or QLoRA the reference is the same model with the adapter disabled; with full
+    fine-tuning TRL computes the reference log-probs once, before training, and the validation
+    split keeps them (evaluate() reads them back).
+    """
+    with_adapter = isinstance(model, PeftModel)
+    config = trl_config(config_cls, args, max_length=data.max_length,
+                        precompute_ref_log_probs=not with_adapter, **task_options)
+    trainer = trainer_cls(model=model, ref_model=None, args=config, train_dataset=data.train,
+                          eval_dataset=data.validation, processing_class=tokenizer)
+    if not with_adapter:
+        setattr(model, REFERENCE_STORED, True)
+        if data.validation is not None:
+            data.validation = trainer.eval_dataset  # with the stored reference log-probs
+    return trainer
+
+
 @functools.cache
 def pretokenized(module: str, name: str, hook: str, replacement: Callable) -> type:
     """A TRL trainer with the one hook that tokenizes text replaced: rows arrive as token ids."""
