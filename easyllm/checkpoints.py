@@ -548,10 +548,12 @@ def resumable_settings(settings: TrainSettings, seed: int) -> dict[str, Any]:
 
 def build_manifest(data: PreparedData, tokenizer, template: str | None, settings: dict[str, Any]) -> dict[str, Any]:
     """Fingerprints of everything a resumed run must share with the checkpoint (see `check_resume`)."""
+    train = dataset_fingerprint(data.train)  # hashes every encoded row: once per run
     return {
         "easyllm_version": __version__,
+        "train_fingerprint": train,  # reproduce.json shows it as is
         "fingerprints": {
-            "data": digest([dataset_fingerprint(data.train), data.max_length]),
+            "data": digest([train, data.max_length]),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "template": digest(template),
             "settings": digest(settings),

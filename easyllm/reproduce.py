@@ -53,6 +53,8 @@ def reproduction_record(
 ) -> dict[str, Any]:
     """Everything that decides a run, as a JSON-serialisable dict (see `write_reproduction_record`)."""
     chosen = {**{k: getattr(settings, k) for k in SETTINGS_FIELDS}, **settings.trainer_args}
+    manifest = manifest or {}  # train()'s resume manifest: its fingerprints are not computed again
+    fingerprints = manifest.get("fingerprints") or {}
     template_arg = _template_argument(template)
     record: dict[str, Any] = {
         "easyllm_version": __version__,
@@ -66,14 +68,14 @@ def reproduction_record(
         "seed": seed,
         "settings": json.loads(json.dumps(chosen, default=str)),
         "training_arguments": training_arguments.to_dict() if training_arguments is not None else None,
-        "data": _data_record(data, data_path, data_options),
+        "data": _data_record(data, data_path, data_options, manifest.get("train_fingerprint")),
         "tokenizer": {"class": type(tokenizer).__name__, "size": len(tokenizer),
-                      "fingerprint": tokenizer_fingerprint(tokenizer)},
+                      "fingerprint": fingerprints.get("tokenizer") or tokenizer_fingerprint(tokenizer)},
         "template": None if template is None else {
             "name": template.name, "reason": template.reason, "fingerprint": digest(template.source),
             "rendering": template_fingerprint(tokenizer),
         },
-        "fingerprints": (manifest or {}).get("fingerprints"),  # what train(resume=True) checks
+        "fingerprints": fingerprints or None,  # what train(resume=True) checks
     }
     record["reproduce"] = rerun_snippet(model_name, task, settings, seed, template_arg, data_path, data_options,
                                         trust_remote_code)
@@ -155,7 +157,8 @@ def redact(text: str) -> str:
 
 
 # -- internals -----------------------------------------------------------------------------------
-def _data_record(data: PreparedData, data_path, options: DataOptions | None) -> dict[str, Any]:
+def _data_record(data: PreparedData, data_path, options: DataOptions | None,
+                 train_fingerprint: str | None = None) -> dict[str, Any]:
     report = data.report
     return {
         "source": str(data_path) if data_path is not None else report.source,
@@ -166,7 +169,7 @@ def _data_record(data: PreparedData, data_path, options: DataOptions | None) -> 
         "max_length": data.max_length,
         "options": dataclasses.asdict(options) if options is not None else None,
         "fingerprints": {
-            "train": dataset_fingerprint(data.train),
+            "train": train_fingerprint or dataset_fingerprint(data.train),
             "validation": dataset_fingerprint(data.validation) if data.validation is not None else None,
         },
     }
