@@ -3,8 +3,9 @@
 Four configurations train the same LoRA (r=16, alpha=32, dropout 0, all linear layers) on the
 same model, rows, batch size (8), learning rate (5e-4), seed and number of steps:
 
-  easyllm         ModelRunner defaults: each batch's examples packed padding-free into rows,
-                  loss (and the output layer) only on trained positions, fp32
+  easyllm         ModelRunner defaults: each batch's examples in one padding-free row, attention
+                  per example, loss (and the output layer) only on trained positions, bf16
+                  autocast where the CPU's bf16 matmuls are fast
   trl-default     SFTTrainer with SFTConfig defaults (gradient checkpointing, bf16 autocast,
                   no packing, loss on every token)
   trl-tuned       SFTTrainer with packing=True (bfd, hence padding-free), no checkpointing
@@ -43,8 +44,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 DATA_FILE = Path("/work/shared/data/alpaca_en_demo.json")
-CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-eager", "easyllm-no-ckpt",
-                "easyllm-ckpt")
+CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-fp32", "easyllm-eager",
+                "easyllm-no-ckpt", "easyllm-ckpt")
 DEFAULT_CONFIGS = ("easyllm", "trl-default", "trl-tuned", "trainer-padded")
 MAX_LENGTH = 512
 BATCH_SIZE = 8
@@ -62,12 +63,14 @@ SETTINGS = {
     "easyllm": (
         "ModelRunner(MODEL_DIR); load_data(rows, val_size=0, max_length=512); train(max_steps, "
         "per_device_train_batch_size=8, lora_r=16, lora_alpha=32, logging_steps=1). easyllm defaults: "
-        "fp32, gradient checkpointing decided from the activation estimate and free memory, decoder layers "
-        "compiled (torch.compile) when the run is long enough to pay for it (estimated from 6·N·D; compiling "
-        "happens in the warm-up step), each batch's 8 examples packed padding-free into rows of at most "
-        "512 tokens (attention kept inside each example), group_by_length sampling, cosine schedule with "
-        "5% warm-up, loss on the assistant replies only, output layer run on trained positions only"
+        "bf16 autocast where this CPU's bf16 matmuls measure at least 1.5x fp32's (else fp32), gradient "
+        "checkpointing decided from the activation estimate and available memory, decoder layers and the "
+        "loss compiled (torch.compile) when the run is long enough to pay for it (estimated from 6·N·D; "
+        "compiling happens in the warm-up step), each batch's 8 examples in one padding-free row with "
+        "causal attention run per example (no mask), group_by_length sampling, cosine schedule with 5% "
+        "warm-up, loss on the assistant replies only, output layer run on trained positions only"
     ),
+    "easyllm-fp32": "as easyllm, with bf16=False forced (fp32)",
     "easyllm-eager": "as easyllm, with compile=False forced (no torch.compile)",
     "easyllm-no-ckpt": "as easyllm, with gradient_checkpointing=False forced",
     "easyllm-ckpt": "as easyllm, with gradient_checkpointing=True forced",
@@ -80,8 +83,8 @@ SETTINGS = {
     "trl-tuned": (
         "trl-default plus packing=True, packing_strategy='bfd' (which turns padding_free on): each of "
         "the 8 batch rows is a 512-token bin of whole examples, and the batch is flattened into one row "
-        "of up to 4,096 tokens; gradient_checkpointing=False; bf16=False on CPU (easyllm's precision; the "
-        "reference matmuls above compare bf16 with fp32 on this CPU), bf16 on --gpu"
+        "of up to 4,096 tokens; gradient_checkpointing=False; the precision easyllm chooses on this machine "
+        "(bf16 autocast where bf16 matmuls are fast, fp32 otherwise; bf16 on --gpu)"
     ),
     "trainer-padded": (
         "transformers Trainer with TrainingArguments defaults (fp32, no checkpointing, random sampling, "
@@ -220,8 +223,10 @@ def run_trl(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, pr
     from trl import SFTConfig, SFTTrainer
 
     placement = device_overrides(gpu)
+    from easyllm.resources import prefers_bf16
+
     tuning = {"packing": True, "packing_strategy": "bfd", "gradient_checkpointing": False,
-              "bf16": placement.get("bf16", False)} if tuned else {}
+              "bf16": placement.get("bf16", prefers_bf16(torch.device("cpu")))} if tuned else {}
     args = SFTConfig(
         output_dir=out, max_length=MAX_LENGTH, per_device_train_batch_size=BATCH_SIZE, max_steps=max_steps,
         seed=SEED, learning_rate=LEARNING_RATE, report_to="none", logging_steps=1, disable_tqdm=True,
@@ -271,6 +276,7 @@ def run_trainer_padded(model_dir: str, chats: list, max_steps: int, gpu: bool, o
 
 CONFIGS: dict[str, Callable[..., None]] = {
     "easyllm": run_easyllm,
+    "easyllm-fp32": lambda *a: run_easyllm(*a, bf16=False),
     # the two sides of easyllm's automatic gradient-checkpointing choice, forced
     "easyllm-eager": lambda *a: run_easyllm(*a, compile=False),
     "easyllm-no-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=False),

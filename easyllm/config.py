@@ -57,6 +57,8 @@ class TrainSettings:
         lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         batch = self.trainer_args.get("per_device_train_batch_size", 8)
+        # 4-bit weights on the CPU stay in their fp32 compute path (bitsandbytes' CPU kernels)
+        bf16 = self.trainer_args.get("bf16", prefers_bf16(device) and not (self.method == "qlora" and device.type == "cpu"))
         defaults: dict[str, Any] = {
             "num_train_epochs": 3,
             "per_device_train_batch_size": 8,
@@ -75,12 +77,15 @@ class TrainSettings:
             "data_seed": seed,
             "remove_unused_columns": False,
             "dataloader_pin_memory": torch.cuda.is_available(),
-            "bf16": prefers_bf16(device),
+            "bf16": bf16,
             "gradient_checkpointing": model_config is not None
-            and needs_gradient_checkpointing(model_config, batch * max_length, device),
+            and needs_gradient_checkpointing(model_config, batch * max_length, device, bf16),
             "gradient_checkpointing_kwargs": {"use_reentrant": False},
         }
-        return TrainingArguments(output_dir=output_dir, **{**defaults, **self.trainer_args})
+        args = {**defaults, **self.trainer_args}
+        if args["bf16"] and device.type == "cpu" and "use_cpu" not in args:
+            args["use_cpu"] = True  # TrainingArguments allows bf16 without a GPU only when told it is on the CPU
+        return TrainingArguments(output_dir=output_dir, **args)
 
 
 SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "trainer_args")

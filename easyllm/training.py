@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .attention import packed_attention
 from .checkpoints import ResumableMixin
 from .compilation import compiled_layers, should_compile
 from .loss import trained_token_loss
@@ -58,12 +59,19 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
     stop = StopOnSignal(announce=trainer.is_world_process_zero())
     trainer.add_callback(stop)
     try:
-        with stop.listening(), compiled_layers(trainer.model, compile) as compiled:
+        per_example = getattr(trainer, "per_example_attention", False)
+        with stop.listening(), packed_attention(trainer.model, per_example), \
+                compiled_layers(trainer.model, compile) as compiled:
             if compiled and trainer.is_world_process_zero():
-                print(f"easyllm: compiling the {compiled} decoder layers for faster steps (compile=False turns it off)")
+                print(f"easyllm: compiling the {compiled} decoder layers and the loss for faster steps "
+                      "(compile=False turns it off)")
+            if isinstance(trainer, TrainedTokenTrainer):
+                trainer.compiled = bool(compiled)
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         trainer.remove_callback(stop)
+        if isinstance(trainer, TrainedTokenTrainer):
+            trainer.compiled = False
     if stop.stopped and trainer.state.global_step < trainer.state.max_steps:
         folder = Path(trainer.args.output_dir)
         raise KeyboardInterrupt(
@@ -182,12 +190,23 @@ class StopOnSignal(TrainerCallback):
 class TrainedTokenTrainer(ResumableMixin, Trainer):
     """The Trainer with one hook replaced: the loss only touches trained positions (see loss.py).
 
-    Checkpoints are atomic and resumable (see checkpoints.py).
+    Checkpoints are atomic and resumable (see checkpoints.py). `per_example_attention`: the
+    collator's rows hold whole examples with restarting position ids, and training runs attention
+    per example (attention.py) instead of through a block-diagonal mask.
     """
+
+    def __init__(self, *args: Any, per_example_attention: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_example_attention = per_example_attention
+        self.compiled = False  # run_trainer sets it while the decoder layers are compiled: the loss is too
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         wrapped = model is not self.model  # DDP, DeepSpeed or FSDP around it
-        loss_sum, count = _loss_through_wrapper(model, inputs) if wrapped else trained_token_loss(model, inputs)
+        # accelerate applies bf16/fp16 autocast by wrapping model.forward, which this loss bypasses
+        # (it calls the decoder and the output layer itself), so it enters autocast here.
+        with self.accelerator.autocast():
+            loss_sum, count = (_loss_through_wrapper(model, inputs, self.compiled) if wrapped
+                               else trained_token_loss(model, inputs, compiled=self.compiled))
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         if isinstance(denominator, torch.Tensor):
             denominator = denominator.to(loss_sum.device)
@@ -197,7 +216,7 @@ class TrainedTokenTrainer(ResumableMixin, Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def _loss_through_wrapper(wrapper, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def _loss_through_wrapper(wrapper, inputs: dict[str, torch.Tensor], compiled: bool) -> tuple[torch.Tensor, int]:
     """trained_token_loss, run as the wrapped model's forward so DDP / DeepSpeed / FSDP do their part.
 
     The loss calls the decoder and the output layer itself; called beside the wrapper instead of
@@ -205,8 +224,8 @@ def _loss_through_wrapper(wrapper, inputs: dict[str, torch.Tensor]) -> tuple[tor
     """
     inner = getattr(wrapper, "module", None)
     if inner is None:
-        return trained_token_loss(wrapper, inputs)
-    inner.forward = lambda **batch: trained_token_loss(inner, batch)
+        return trained_token_loss(wrapper, inputs, compiled=compiled)
+    inner.forward = lambda **batch: trained_token_loss(inner, batch, compiled=compiled)
     try:
         return wrapper(**inputs)
     finally:

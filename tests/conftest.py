@@ -50,6 +50,15 @@ def build_tokenizer(chat_template: str = CHATML, vocab_size: int = 300) -> PreTr
     )
 
 
+@pytest.fixture(autouse=True)
+def fp32_on_every_cpu(monkeypatch):
+    """Tests compare numbers, so the CPU trains in fp32 whether or not its bf16 matmuls are fast.
+
+    (easyllm measures that per machine; tests of the bf16 choice and of bf16 training set it.)
+    """
+    monkeypatch.setattr("easyllm.resources.cpu_bf16_speedup", lambda: 1.0)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from easyllm.attention import example_spans, packed_attention, supports_packed_attention
 from easyllm.data.collator import PaddingCollator
 from easyllm.data.encoding import IGNORE_INDEX, ChatEncoder
 from easyllm.data.packing import PackedCollator, best_fit_decreasing, pack_row
@@ -90,14 +91,15 @@ def test_packed_labels_never_predict_across_a_boundary(examples):
     assert all(row["labels"][start] == IGNORE_INDEX for start in starts)
 
 
-def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients(compiled):
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False, dtype=torch.float64)
     hidden = torch.randn(3, 11, 8, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 50, (3, 11))
     labels[:, :4] = IGNORE_INDEX
     labels[1, 7:] = IGNORE_INDEX
-    chunked, count = trained_token_loss_sum(hidden, labels, head, chunk=3)
+    chunked, count = trained_token_loss_sum(hidden, labels, head, chunk=3, compiled=compiled)
     plain = F.cross_entropy(head(hidden)[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
                             ignore_index=IGNORE_INDEX, reduction="sum")
     assert count == int((labels[:, 1:] != IGNORE_INDEX).sum())
@@ -106,3 +108,56 @@ def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients():
     grad_plain = torch.autograd.grad(plain, [hidden, head.weight])
     for a, b in zip(grad_chunked, grad_plain):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_one_row_batch_with_per_example_attention_gives_the_unpacked_loss_and_gradients(model64, examples):
+    batch = [examples[i] for i in range(len(examples))]
+    padded = PaddingCollator(pad_token_id=0)(batch)
+    one_row = PackedCollator(pad_token_id=0, max_length=128, one_row=True)(batch)
+    assert one_row["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in batch))  # no padding at all
+    model64.train()  # attention per example is for training: the switch restores sdpa after it
+    try:
+        expected, expected_count = trained_token_loss(model64, padded)
+        expected_grads = torch.autograd.grad(expected, model64.model.layers[0].self_attn.q_proj.weight)
+        with packed_attention(model64, True):
+            assert model64.config._attn_implementation == "easyllm_packed"
+            got, got_count = trained_token_loss(model64, one_row)
+            got_grads = torch.autograd.grad(got, model64.model.layers[0].self_attn.q_proj.weight)
+    finally:
+        model64.eval()
+    assert model64.config._attn_implementation == "sdpa"
+    assert got_count == expected_count
+    assert got.item() == pytest.approx(expected.item(), rel=1e-10)
+    torch.testing.assert_close(got_grads[0], expected_grads[0], rtol=1e-8, atol=1e-10)
+
+
+def test_per_example_attention_never_attends_across_an_example(model64, examples):
+    row = pack_row([examples[0], examples[1], examples[2]])
+    second = len(examples[0]["input_ids"])
+    batch = {key: torch.tensor([value]) for key, value in row.items()}
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][0, :second] = (changed["input_ids"][0, :second] + 7) % model64.config.vocab_size
+    decoder = model64.get_decoder()
+    with torch.no_grad(), packed_attention(model64, True):
+        original = decoder(**batch_inputs(batch), use_cache=False).last_hidden_state
+        perturbed = decoder(**batch_inputs(changed), use_cache=False).last_hidden_state
+    assert not torch.allclose(original[0, :second], perturbed[0, :second])
+    torch.testing.assert_close(original[0, second:], perturbed[0, second:], rtol=0, atol=1e-12)
+
+
+def test_example_spans_start_wherever_positions_restart():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert example_spans(positions) == [(0, 0, 3), (0, 3, 5), (0, 5, 6), (1, 0, 6)]
+
+
+def test_per_example_attention_only_where_it_computes_what_the_model_does(tiny_model_dir):
+    from transformers import AutoConfig, MistralConfig, MistralForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert supports_packed_attention(model, 512)
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not supports_packed_attention(eager, 512)  # the user chose another attention: left alone
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    windowed = MistralForCausalLM(MistralConfig(**{**config.to_dict(), "model_type": "mistral", "sliding_window": 64}))
+    assert supports_packed_attention(windowed, 64)
+    assert not supports_packed_attention(windowed, 128)  # an example longer than the window: the mask is needed

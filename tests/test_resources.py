@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig
 
+from easyllm import ModelRunner
 from easyllm.config import TrainSettings
 from easyllm.resources import (
     activation_bytes,
+    cpu_bf16_speedup,
     free_memory_bytes,
     needs_gradient_checkpointing,
     prefers_bf16,
@@ -38,3 +41,46 @@ def test_cpu_trains_in_fp32_by_default(tmp_path):
     assert free_memory_bytes(torch.device("cpu")) > 0
     assert not TrainSettings().training_arguments(str(tmp_path), 0, False).bf16
 
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(3.8, True), (1.1, False), (0.5, False)])
+def test_the_cpu_trains_in_bf16_where_its_bf16_matmuls_are_fast(monkeypatch, tmp_path, speedup, expected):
+    # 3.8: measured on a Xeon with AMX; 0.5: one with AVX512-BF16 only (bf16 half the fp32 rate)
+    monkeypatch.setattr("easyllm.resources.cpu_bf16_speedup", lambda: speedup)
+    assert prefers_bf16(torch.device("cpu")) is expected
+    args = TrainSettings().training_arguments(str(tmp_path), 0, False)
+    assert args.bf16 is expected
+    assert not TrainSettings(trainer_args={"bf16": False}).training_arguments(str(tmp_path), 0, False).bf16
+    assert not TrainSettings(method="qlora").training_arguments(str(tmp_path), 0, False).bf16  # 4-bit: fp32 path
+
+
+def test_the_bf16_speedup_is_measured_on_this_cpu():
+    cpu_bf16_speedup.cache_clear()
+    try:
+        assert 0 < cpu_bf16_speedup(tokens=64, hidden=64, wide=64) < 1000
+    finally:
+        cpu_bf16_speedup.cache_clear()
+
+
+def _losses(tiny_model_dir, chats, tmp_path, bf16: bool) -> tuple[list[float], set]:
+    runner = ModelRunner(str(tiny_model_dir))
+    runner.load_data(chats, val_size=0)
+    matmul_dtypes = set()
+    layer = runner.model.model.layers[0].mlp.down_proj
+    hook = layer.register_forward_hook(lambda module, args, output: matmul_dtypes.add(output.dtype))
+    result = runner.train(bf16=bf16, num_train_epochs=2, per_device_train_batch_size=4, disable_tqdm=True,
+                          compile=False, output_dir=str(tmp_path / f"bf16-{bf16}"))
+    hook.remove()
+    return [entry["loss"] for entry in result.log_history if "loss" in entry], matmul_dtypes
+
+
+def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(tiny_model_dir, chats, tmp_path):
+    fp32, fp32_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=False)
+    bf16, bf16_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=True)
+    assert fp32_dtypes == {torch.float32}
+    assert bf16_dtypes == {torch.bfloat16}  # the trained-token loss bypasses forward(): autocast must still apply
+    assert len(bf16) == len(fp32) == 6
+    assert fp32 != bf16  # really a different precision
+    for low, full in zip(bf16, fp32):
+        assert abs(low - full) <= 0.02 * full  # within bf16 rounding noise, step by step
+    assert bf16[-1] < bf16[0]

@@ -56,15 +56,19 @@ class PackedCollator:
     """Packs a batch of examples into as few rows of at most `max_length` tokens as fit.
 
     A batch holds the same examples as without packing (so steps, loss and learning rate mean
-    the same thing); only the padding between them is gone. Rows are padded to the longest
+    the same thing); only the padding between them is gone. With `one_row`, for models whose
+    attention runs per example (attention.py), the batch is a single row and has no padding at all. Rows are padded to the longest
     row without an attention mask: the padding continues as one more "example" with its own
     restarting position ids, so real tokens never see it, and its labels are -100.
     """
 
     pad_token_id: int
     max_length: int
+    one_row: bool = False  # the whole batch in one row: for per-example attention (see attention.py)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.one_row:
+            return {key: torch.tensor([value], dtype=torch.long) for key, value in pack_row(examples).items()}
         lengths = [len(example["input_ids"]) for example in examples]
         rows = [pack_row([examples[i] for i in sorted(group)])
                 for group in best_fit_decreasing(lengths, self.max_length)]

@@ -7,6 +7,7 @@ import dataclasses
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
+from ..attention import supports_packed_attention
 from ..data.collator import PaddingCollator
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
 from ..data.encoding import ChatEncoder
@@ -29,13 +30,14 @@ def build_trainer(
     settings,
 ) -> TrainedTokenTrainer:
     """The Trainer with the trained-positions-only loss; packed batches unless packing=False."""
-    if settings.packing:
-        collator = PackedCollator(tokenizer.pad_token_id, data.max_length)
+    per_example = settings.packing and supports_packed_attention(model, data.max_length)
+    if settings.packing:  # with per-example attention, a batch is one row without any padding
+        collator = PackedCollator(tokenizer.pad_token_id, data.max_length, one_row=per_example)
     else:
         collator = PaddingCollator(tokenizer.pad_token_id)
     return TrainedTokenTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=collator, processing_class=tokenizer,
+        data_collator=collator, processing_class=tokenizer, per_example_attention=per_example,
     )
 
 

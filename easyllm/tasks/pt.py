@@ -26,6 +26,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
+from ..attention import supports_packed_attention
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings
 from ..data.encoding import IGNORE_INDEX, ChatEncoder
 from ..data.loading import Record, Reject, source_name, summarize_problems
@@ -89,6 +90,7 @@ class PretrainTask:
         return TrainedTokenTrainer(
             model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
             data_collator=BlockCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            per_example_attention=supports_packed_attention(model, data.max_length),  # per document
         )
 
     def evaluate(

@@ -20,7 +20,8 @@ import torch
 torch.set_num_threads(1)  # one thread is 50x faster than two on a busy 2-core machine, and deterministic
 
 GLOBAL_BATCH = 4
-TRAIN_ARGS = {"num_train_epochs": 3, "learning_rate": 1e-2, "disable_tqdm": True, "logging_steps": 1}
+# bf16=False: tests compare these runs with in-process ones, which train in fp32 on every CPU (conftest.py)
+TRAIN_ARGS = {"num_train_epochs": 3, "learning_rate": 1e-2, "disable_tqdm": True, "logging_steps": 1, "bf16": False}
 
 
 def rows(count: int = 24) -> list[dict]:
