@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import platform
 import time
 
 import torch
@@ -43,6 +45,27 @@ def activation_bytes(config, tokens_per_step: int, bf16: bool = False) -> int:
 def needs_gradient_checkpointing(config, tokens_per_step: int, device: torch.device, bf16: bool = False) -> bool:
     """Recompute activations only when keeping them would crowd memory; it costs 30-100% of a step."""
     return activation_bytes(config, tokens_per_step, bf16) > _MEMORY_SHARE * free_memory_bytes(device)
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+_MMAP_THRESHOLD_BYTES = 8 << 20
+
+
+@functools.cache
+def release_freed_activations() -> bool:
+    """Have glibc serve blocks above 8 MiB by mmap, so memory a training step frees goes back at once.
+
+    glibc raises its mmap threshold (up to 32 MiB) whenever a large block is freed; from then on
+    activations come from the heap, and what is freed between them stays resident: ~0.5 GiB of a
+    SmolLM2 LoRA step's 4 GiB peak here. A fixed 8 MiB threshold measured no slower (1 MiB was 40%
+    slower: page faults on every large tensor). Process-wide and kept; False where there is no glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def prefers_bf16(device: torch.device) -> bool:

@@ -22,6 +22,7 @@ from .checkpoints import ResumableMixin
 from .compilation import compiled_layers, should_compile
 from .loss import trained_token_loss
 from .notebook import loss_figure
+from .resources import release_freed_activations
 
 if TYPE_CHECKING:
     from .tasks.base import PreparedData
@@ -56,6 +57,8 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
     resumed_at = _checkpoint_step(resume_from)  # read now: rotation may delete that checkpoint
     if compile is None:
         compile = isinstance(trainer, TrainedTokenTrainer) and should_compile(trainer.model, _training_tokens(trainer, data))
+    if trainer.args.device.type == "cpu":
+        release_freed_activations()
     stop = StopOnSignal(announce=trainer.is_world_process_zero())
     trainer.add_callback(stop)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -14,6 +17,7 @@ from easyllm.resources import (
     free_memory_bytes,
     needs_gradient_checkpointing,
     prefers_bf16,
+    release_freed_activations,
 )
 
 SMALL = LlamaConfig(hidden_size=576, num_hidden_layers=30)
@@ -84,3 +88,26 @@ def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(tiny_model_d
     for low, full in zip(bf16, fp32):
         assert abs(low - full) <= 0.02 * full  # within bf16 rounding noise, step by step
     assert bf16[-1] < bf16[0]
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mmapped_bytes() -> int:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2().hblkhd
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator is what this changes")
+def test_freed_activations_go_back_to_the_os_instead_of_staying_resident():
+    assert release_freed_activations()
+    big = torch.ones(20 << 20, dtype=torch.uint8)
+    del big  # by default, freeing it would raise glibc's mmap threshold to 20 MiB, and 12 MiB blocks stay
+    before = _mmapped_bytes()
+    activation = torch.ones(12 << 20, dtype=torch.uint8)
+    assert _mmapped_bytes() - before >= 12 << 20  # its own mapping ...
+    del activation
+    assert _mmapped_bytes() - before < 1 << 20  # ... handed back to the OS when freed
