@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -14,6 +15,7 @@ from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
 from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
 from ..data.loading import Record, source_name
 from ..data.split import train_val_split
+from ..encoded_cache import cached_encoding, encoding_key
 from ..errors import DataError
 from ..evaluation import Reference
 from . import causal
@@ -73,35 +75,50 @@ class SFTTask:
         conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport,
         keep_references: bool = False,
     ) -> Dataset:
-        rows: dict[str, list] = {"input_ids": [], "labels": []}
+        """Encoded rows (from the on-disk cache when this data was encoded before), counted in `report`."""
+        key = encoding_key(conversations, encoder, max_length=max_length, keep_references=keep_references)
+        dataset, counts = cached_encoding(
+            key, lambda: encode_conversations(conversations, encoder, max_length, keep_references))
+        for name, value in counts.items():
+            setattr(report, name, getattr(report, name) + value)
+        return dataset
+
+
+def encode_conversations(
+    conversations: list[Conversation], encoder: ChatEncoder, max_length: int, keep_references: bool
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """Token ids and labels per conversation, and what the data report counts about them."""
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    if keep_references:
+        rows |= {PROMPT_COLUMN: [], REFERENCE_COLUMN: []}
+    counts: dict[str, Any] = {"truncated": 0, "truncated_trained_tokens": 0, "dropped": [], "trained_tokens": 0,
+                              "total_tokens": 0, "lengths": [], "unterminated_replies": 0}
+    end_of_turn = set(encoder.end_of_turn_ids)
+    for conversation in conversations:
+        encoded = encoder.encode(conversation.messages, tools=conversation.tools)
+        if len(encoded.input_ids) > max_length:
+            counts["truncated"] += 1
+            full_trained = encoded.trained_tokens
+            encoded = fit_to_length(encoder, conversation.messages, max_length, tools=conversation.tools)
+            counts["truncated_trained_tokens"] += full_trained - (encoded.trained_tokens if encoded else 0)
+        if encoded is None or encoded.trained_tokens == 0:
+            counts["dropped"].append(
+                f"{conversation.origin}: no reply token left within max_length={max_length} "
+                "(raise max_length or shorten the prompt)"
+            )
+            continue
+        rows["input_ids"].append(encoded.input_ids)
+        rows["labels"].append(encoded.labels)
         if keep_references:
-            rows |= {PROMPT_COLUMN: [], REFERENCE_COLUMN: []}
-        end_of_turn = set(encoder.end_of_turn_ids)
-        for conversation in conversations:
-            encoded = encoder.encode(conversation.messages, tools=conversation.tools)
-            if len(encoded.input_ids) > max_length:
-                report.truncated += 1
-                full_trained = encoded.trained_tokens
-                encoded = fit_to_length(encoder, conversation.messages, max_length, tools=conversation.tools)
-                report.truncated_trained_tokens += full_trained - (encoded.trained_tokens if encoded else 0)
-            if encoded is None or encoded.trained_tokens == 0:
-                report.dropped.append(
-                    f"{conversation.origin}: no reply token left within max_length={max_length} "
-                    "(raise max_length or shorten the prompt)"
-                )
-                continue
-            rows["input_ids"].append(encoded.input_ids)
-            rows["labels"].append(encoded.labels)
-            if keep_references:
-                reference = split_last_reply(conversation.messages)
-                rows[PROMPT_COLUMN].append(json.dumps(reference.prompt, ensure_ascii=False))
-                rows[REFERENCE_COLUMN].append(reference.reply)
-            report.trained_tokens += encoded.trained_tokens
-            report.total_tokens += len(encoded.input_ids)
-            report.lengths.append(len(encoded.input_ids))
-            if encoder.train_on != "all":
-                report.unterminated_replies += count_unterminated_replies(encoded, end_of_turn)
-        return Dataset.from_dict(rows)
+            reference = split_last_reply(conversation.messages)
+            rows[PROMPT_COLUMN].append(json.dumps(reference.prompt, ensure_ascii=False))
+            rows[REFERENCE_COLUMN].append(reference.reply)
+        counts["trained_tokens"] += encoded.trained_tokens
+        counts["total_tokens"] += len(encoded.input_ids)
+        counts["lengths"].append(len(encoded.input_ids))
+        if encoder.train_on != "all":
+            counts["unterminated_replies"] += count_unterminated_replies(encoded, end_of_turn)
+    return rows, counts
 
 
 def split_last_reply(messages: list[Message]) -> Reference:

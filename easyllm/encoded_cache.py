@@ -1,0 +1,67 @@
+"""Encoded examples kept on disk, so a second run on the same data starts training at once.
+
+Tokenizing and masking a large file takes minutes; the result depends only on the rows, the
+tokenizer, the chat template and the encoding options, so it is stored under a hash of them in
+`$EASYLLM_HOME/encoded/<key>/` as a datasets Arrow folder (memory-mapped when read back) next to
+the counts the data report needs. Entries are written to a temporary folder and renamed, so an
+interrupted run leaves none half-written. Delete the folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from . import __version__
+from .checkpoints import digest, tokenizer_fingerprint
+from .data.encoding import ChatEncoder
+from .data.formats import Conversation
+from .modeling import easyllm_home
+
+Encoding = tuple[dict[str, list], dict[str, Any]]  # (columns, counts for the data report)
+
+
+def encoding_key(conversations: Sequence[Conversation], encoder: ChatEncoder, **options: Any) -> str:
+    """A hash of everything the encoded rows depend on (easyllm's version included)."""
+    rows = hashlib.sha256()
+    for conversation in conversations:
+        rows.update(json.dumps([conversation.origin, conversation.messages, conversation.tools],
+                               sort_keys=True, default=str).encode())
+    return digest({
+        "easyllm": __version__, "rows": rows.hexdigest(), "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+        "template": encoder.chat_template or encoder.tokenizer.chat_template, "train_on": encoder.train_on,
+        "content_as_text": encoder.content_as_text, **options,
+    })
+
+
+def cache_root() -> Path:
+    return easyllm_home() / "encoded"
+
+
+def cached_encoding(key: str, encode: Callable[[], Encoding]) -> tuple[Dataset, dict[str, Any]]:
+    """The stored rows and counts for `key`, or `encode()`'s, stored for next time."""
+    folder = cache_root() / key
+    try:
+        return Dataset.load_from_disk(str(folder / "rows")), json.loads((folder / "counts.json").read_text())
+    except (OSError, ValueError):
+        pass  # not stored yet (or damaged): encode
+    columns, counts = encode()
+    dataset = Dataset.from_dict(columns)
+    staging = folder.with_name(f".{key}.{os.getpid()}")
+    try:
+        staging.mkdir(parents=True)
+        dataset.save_to_disk(str(staging / "rows"))
+        (staging / "counts.json").write_text(json.dumps(counts))
+        staging.rename(folder)
+    except OSError:
+        pass  # a read-only or full disk, or another process stored it first: train without the cache
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataset, counts
