@@ -69,9 +69,9 @@ def packed_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: query [batch, heads, tokens, dim] -> [batch, tokens, heads, dim].
 
-    Under autocast, the inputs are rounded to bf16 as autocast's own attention would, and only
-    they are kept for the backward pass, which recomputes the (cheap) fp32 attention from them:
-    fp32 copies of queries, keys, values and outputs would be a quarter of a step's activations.
+    Under autocast, the inputs are rounded to bf16 as autocast's own attention would. On the CPU
+    only they are kept for the backward pass, which recomputes the (cheap) fp32 attention from
+    them: fp32 copies of queries, keys, values and outputs would be a quarter of a step's activations.
     """
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -80,7 +80,7 @@ def packed_attention_forward(
     if torch.is_autocast_enabled(query.device.type):
         dtype = torch.get_autocast_dtype(query.device.type)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    if torch.is_grad_enabled() and query.requires_grad:
+    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
         output = checkpoint(_attend, spans, query.shape[0], query, key, value, dropout, scaling,
                             use_reentrant=False)
     else:
