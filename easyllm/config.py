@@ -57,8 +57,10 @@ class TrainSettings:
         lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         batch = self.trainer_args.get("per_device_train_batch_size", 8)
-        # 4-bit weights on the CPU stay in their fp32 compute path (bitsandbytes' CPU kernels)
-        bf16 = self.trainer_args.get("bf16", prefers_bf16(device) and not (self.method == "qlora" and device.type == "cpu"))
+        if "bf16" in self.trainer_args:
+            bf16 = self.trainer_args["bf16"]  # the user's choice: nothing to measure
+        else:  # 4-bit weights on the CPU stay in their fp32 compute path (bitsandbytes' CPU kernels)
+            bf16 = prefers_bf16(device) and not (self.method == "qlora" and device.type == "cpu")
         defaults: dict[str, Any] = {
             "num_train_epochs": 3,
             "per_device_train_batch_size": 8,
