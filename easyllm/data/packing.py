@@ -56,10 +56,11 @@ class PackedCollator:
     """Packs a batch of examples into as few rows of at most `max_length` tokens as fit.
 
     A batch holds the same examples as without packing (so steps, loss and learning rate mean
-    the same thing); only the padding between them is gone. With `one_row`, for models whose
-    attention runs per example (attention.py), the batch is a single row and has no padding at all. Rows are padded to the longest
+    the same thing); only the padding between them is gone. Rows are padded to the longest
     row without an attention mask: the padding continues as one more "example" with its own
     restarting position ids, so real tokens never see it, and its labels are -100.
+    With `one_row`, for models whose attention runs per example (attention.py), the whole
+    batch is a single row and has no padding at all.
     """
 
     pad_token_id: int
