@@ -9,6 +9,7 @@ interrupted run leaves none half-written. Delete the folder to reclaim the space
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,40 +29,52 @@ from .modeling import easyllm_home
 Encoding = tuple[dict[str, list], dict[str, Any]]  # (columns, counts for the data report)
 
 
-def encoding_key(conversations: Sequence[Conversation], encoder: ChatEncoder, **options: Any) -> str:
-    """A hash of everything the encoded rows depend on (easyllm's version included)."""
+def encoder_fingerprint(encoder: ChatEncoder) -> str:
+    """What the encoding depends on besides the rows (hashing a tokenizer takes ~0.4 s: do it once)."""
+    return digest({
+        "easyllm": __version__, "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+        "template": encoder.chat_template or encoder.tokenizer.chat_template, "train_on": encoder.train_on,
+        "content_as_text": encoder.content_as_text,
+    })
+
+
+def encoding_key(conversations: Sequence[Conversation], encoder: str, **options: Any) -> str:
+    """A hash of the rows, the `encoder_fingerprint` and the options: all the encoded rows depend on."""
     rows = hashlib.sha256()
     for conversation in conversations:
         rows.update(json.dumps([conversation.origin, conversation.messages, conversation.tools],
                                sort_keys=True, default=str).encode())
-    return digest({
-        "easyllm": __version__, "rows": rows.hexdigest(), "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
-        "template": encoder.chat_template or encoder.tokenizer.chat_template, "train_on": encoder.train_on,
-        "content_as_text": encoder.content_as_text, **options,
-    })
+    return digest({"rows": rows.hexdigest(), "encoder": encoder, **options})
 
 
 def cache_root() -> Path:
     return easyllm_home() / "encoded"
 
 
-def cached_encoding(key: str, encode: Callable[[], Encoding]) -> tuple[Dataset, dict[str, Any]]:
-    """The stored rows and counts for `key`, or `encode()`'s, stored for next time."""
-    folder = cache_root() / key
+def _read(folder: Path) -> tuple[Dataset, dict[str, Any]] | None:
+    """A stored entry, or None when there is none (or it is damaged: it is encoded again)."""
     try:
         return Dataset.load_from_disk(str(folder / "rows")), json.loads((folder / "counts.json").read_text())
     except (OSError, ValueError):
-        pass  # not stored yet (or damaged): encode
+        return None
+
+
+def cached_encoding(key: str, encode: Callable[[], Encoding]) -> tuple[Dataset, dict[str, Any]]:
+    """The stored rows and counts for `key`, or `encode()`'s, stored for next time."""
+    folder = cache_root() / key
+    stored = _read(folder)
+    if stored is not None:
+        return stored
     columns, counts = encode()
     dataset = Dataset.from_dict(columns)
     staging = folder.with_name(f".{key}.{os.getpid()}")
     try:
-        staging.mkdir(parents=True)
-        dataset.save_to_disk(str(staging / "rows"))
-        (staging / "counts.json").write_text(json.dumps(counts))
-        staging.rename(folder)
-    except OSError:
-        pass  # a read-only or full disk, or another process stored it first: train without the cache
+        # a read-only or full disk, or another process storing it first: train without the cache
+        with contextlib.suppress(OSError):
+            staging.mkdir(parents=True)
+            dataset.save_to_disk(str(staging / "rows"))
+            (staging / "counts.json").write_text(json.dumps(counts))
+            staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dataset, counts

@@ -15,7 +15,7 @@ from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
 from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
 from ..data.loading import Record, source_name
 from ..data.split import train_val_split
-from ..encoded_cache import cached_encoding, encoding_key
+from ..encoded_cache import cached_encoding, encoder_fingerprint, encoding_key
 from ..errors import DataError
 from ..evaluation import Reference
 from . import causal
@@ -51,8 +51,10 @@ class SFTTask:
         encoder = causal.apply_control_token_policy(conversations, encoder, options, report)
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
-        train = self._encode(train_rows, encoder, options.max_length, report, options.keep_references)
-        validation = self._encode(val_rows, encoder, options.max_length, report, True) if val_rows else None
+        fingerprint = encoder_fingerprint(encoder)
+        train = self._encode(train_rows, encoder, fingerprint, options.max_length, report, options.keep_references)
+        validation = (self._encode(val_rows, encoder, fingerprint, options.max_length, report, True)
+                      if val_rows else None)
         if len(train) == 0:
             raise DataError(f"No trainable example is left in {source}:\n{report}")
         report.train_examples, report.val_examples = len(train), len(validation or [])
@@ -72,11 +74,14 @@ class SFTTask:
 
     @staticmethod
     def _encode(
-        conversations: list[Conversation], encoder: ChatEncoder, max_length: int, report: DataReport,
-        keep_references: bool = False,
+        conversations: list[Conversation], encoder: ChatEncoder, fingerprint: str, max_length: int,
+        report: DataReport, keep_references: bool = False,
     ) -> Dataset:
-        """Encoded rows (from the on-disk cache when this data was encoded before), counted in `report`."""
-        key = encoding_key(conversations, encoder, max_length=max_length, keep_references=keep_references)
+        """Encoded rows (from the on-disk cache when this data was encoded before), counted in `report`.
+
+        `fingerprint`: the encoder's `encoder_fingerprint`, computed once for both splits.
+        """
+        key = encoding_key(conversations, fingerprint, max_length=max_length, keep_references=keep_references)
         dataset, counts = cached_encoding(
             key, lambda: encode_conversations(conversations, encoder, max_length, keep_references))
         for name, value in counts.items():
