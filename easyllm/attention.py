@@ -6,6 +6,8 @@ torch's CPU flash-attention kernel computes every block, masked or not, and ran 
 GFLOP/s: a quarter of a SmolLM2 LoRA step. Here each example's span gets its own causal call
 (`is_causal=True`: the fast kernel, only the work the causal pattern needs, grouped-query
 attention without copying keys and values), so a batch can be one flattened row with no padding.
+On the CPU all spans go through one autograd Function (bf16 forward, fp32 backward: see
+`_CpuSpanAttention`); elsewhere through autograd span by span.
 
 It is switched on for training only (`packed_attention`), for models that use transformers'
 SDPA attention without a sliding window shorter than an example or logit soft-capping; other
@@ -20,7 +22,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -41,18 +42,65 @@ def example_spans(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
 
 def _attend(spans: list[tuple[int, int, int]], batch: int, query: torch.Tensor, key: torch.Tensor,
             value: torch.Tensor, dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal attention within each span, in fp32 on the CPU; [batch, heads, tokens, dim]."""
-    grouped = key.shape[1] != query.shape[1]
-    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
-        query, key, value = query.float(), key.float(), value.float()  # bf16's CPU backward: 5-8x its forward
+    """Causal attention within each span, through autograd; [batch, heads, tokens, dim]."""
     rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    with torch.autocast(query.device.type, enabled=False):
-        for row, start, end in spans:
-            rows[row].append(F.scaled_dot_product_attention(
-                query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
-                dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=grouped,
-            ))
+    for row, start, end in spans:
+        rows[row].append(F.scaled_dot_product_attention(
+            query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
+            dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=key.shape[1] != query.shape[1],
+        ))
     return torch.cat([torch.cat(pieces, dim=2) for pieces in rows], dim=0)
+
+
+def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query keys or values [1, kv_heads, tokens, dim] repeated for each query head."""
+    if groups == 1:
+        return states
+    batch, heads, tokens, dim = states.shape
+    return states[:, :, None].expand(batch, heads, groups, tokens, dim).reshape(batch, heads * groups, tokens, dim)
+
+
+class _CpuSpanAttention(torch.autograd.Function):
+    """Per-span causal flash attention on the CPU: the forward in the inputs' dtype, the backward in fp32.
+
+    torch's CPU flash kernel runs its bf16 forward fast (AMX) but its bf16 backward at a fraction
+    of its fp32 backward; each span's output and log-sum-exp are kept, so nothing is recomputed.
+    One Function for all spans: through autograd, every span's slice would add a zero-filled
+    full-size gradient per layer (a tenth of a step).
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, spans, scaling):  # [batch, heads, tokens, dim] -> [batch, tokens, heads, dim]
+        groups = query.shape[1] // key.shape[1]
+        output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
+        logsumexps = []
+        for row, start, end in spans:
+            piece, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query[row:row + 1, :, start:end], _repeat_heads(key[row:row + 1, :, start:end], groups),
+                _repeat_heads(value[row:row + 1, :, start:end], groups), 0.0, True, scale=scaling)
+            output[row:row + 1, start:end] = piece.transpose(1, 2)
+            logsumexps.append(logsumexp)
+        ctx.save_for_backward(query, key, value, output, *logsumexps)
+        ctx.spans, ctx.scaling, ctx.groups = spans, scaling, groups
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, output, *logsumexps = ctx.saved_tensors
+        groups, work = ctx.groups, torch.promote_types(query.dtype, torch.float32)
+        grads = [torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)]
+        for (row, start, end), logsumexp in zip(ctx.spans, logsumexps):
+            query_span, key_span, value_span = (t[row:row + 1, :, start:end].to(work) for t in (query, key, value))
+            grad_query, grad_key, grad_value = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_output[row:row + 1, start:end].transpose(1, 2).to(work), query_span,
+                _repeat_heads(key_span, groups), _repeat_heads(value_span, groups),
+                output[row:row + 1, start:end].transpose(1, 2).to(work), logsumexp, 0.0, True, scale=ctx.scaling)
+            if groups > 1:  # each key/value head served `groups` query heads: their gradients add up
+                grad_key = grad_key.unflatten(1, (-1, groups)).sum(2)
+                grad_value = grad_value.unflatten(1, (-1, groups)).sum(2)
+            for grad, piece in zip(grads, (grad_query, grad_key, grad_value)):
+                grad[row:row + 1, :, start:end] = piece
+        return *grads, None, None
 
 
 @torch.compiler.disable  # a loop over data-dependent spans: compiled layers run it as it is
@@ -69,9 +117,7 @@ def packed_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: query [batch, heads, tokens, dim] -> [batch, tokens, heads, dim].
 
-    Under autocast, the inputs are rounded to bf16 as autocast's own attention would. On the CPU
-    only they are kept for the backward pass, which recomputes the (cheap) fp32 attention from
-    them: fp32 copies of queries, keys, values and outputs would be a quarter of a step's activations.
+    Under autocast, the inputs are rounded to bf16 as autocast's own attention would.
     """
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -80,12 +126,12 @@ def packed_attention_forward(
     if torch.is_autocast_enabled(query.device.type):
         dtype = torch.get_autocast_dtype(query.device.type)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
-        output = checkpoint(_attend, spans, query.shape[0], query, key, value, dropout, scaling,
-                            use_reentrant=False)
-    else:
-        output = _attend(spans, query.shape[0], query, key, value, dropout, scaling)
-    return output.to(value.dtype).transpose(1, 2).contiguous(), None
+    with torch.autocast(query.device.type, enabled=False):
+        if query.device.type == "cpu" and dropout == 0.0:
+            output = _CpuSpanAttention.apply(query, key, value, spans, scaling)
+        else:
+            output = _attend(spans, query.shape[0], query, key, value, dropout, scaling).transpose(1, 2)
+    return output.to(value.dtype).contiguous(), None
 
 
 AttentionInterface.register(NAME, packed_attention_forward)

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from easyllm.attention import example_spans, packed_attention, supports_packed_attention
+from easyllm.attention import (
+    example_spans,
+    packed_attention,
+    packed_attention_forward,
+    supports_packed_attention,
+)
 from easyllm.data.collator import PaddingCollator
 from easyllm.data.encoding import IGNORE_INDEX, ChatEncoder
 from easyllm.data.packing import PackedCollator, best_fit_decreasing, pack_row
@@ -143,6 +148,37 @@ def test_per_example_attention_never_attends_across_an_example(model64, examples
         perturbed = decoder(**batch_inputs(changed), use_cache=False).last_hidden_state
     assert not torch.allclose(original[0, :second], perturbed[0, :second])
     torch.testing.assert_close(original[0, second:], perturbed[0, second:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_per_example_attention_in_low_precision_follows_float64(dtype, tolerance):
+    """The CPU path runs bf16's forward in bf16 and every backward in fp32: both close to float64."""
+    torch.manual_seed(0)
+    positions = torch.tensor([list(range(5)) + list(range(11)) + list(range(3)), list(range(19))])
+    query, key, value = (torch.randn(2, heads, 19, 8, dtype=torch.float64) for heads in (4, 2, 2))
+    upstream = torch.randn(2, 19, 4, 8, dtype=torch.float64)
+
+    def run(attention, precision: torch.dtype) -> list[torch.Tensor]:
+        inputs = [t.detach().to(precision).requires_grad_() for t in (query, key, value)]
+        output = attention(*inputs)
+        output.backward(upstream.to(precision))
+        return [output.detach().double()] + [t.grad.double() for t in inputs]
+
+    def dense(q, k, v):  # the plain definition: a causal mask within each example, nothing across
+        starts = (positions == 0).cumsum(1)
+        allowed = (starts[:, :, None] == starts[:, None, :]) & torch.ones(19, 19, dtype=torch.bool).tril()
+        scores = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8 ** 0.5
+        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+        return (weights @ v.repeat_interleave(2, dim=1)).transpose(1, 2)
+
+    def packed(q, k, v):
+        return packed_attention_forward(None, q, k, v, None, position_ids=positions)[0]
+
+    reference, got = run(dense, torch.float64), run(packed, dtype)
+    for name, want, have in zip(["output", "query grad", "key grad", "value grad"], reference, got):
+        error = ((have - want).abs().max() / want.abs().max()).item()
+        assert error < tolerance, f"{name}: {error:.2e}"
+    assert not torch.equal(got[0], reference[0])  # really computed in `dtype`, not in float64
 
 
 def test_example_spans_start_wherever_positions_restart():
