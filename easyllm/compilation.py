@@ -20,6 +20,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+# The backward may recompute cheap element-wise results (bf16 casts of frozen weights, SiLU times
+# up-projection, norms) instead of keeping them from the forward; torch's partitioner bans these by
+# default for speed. SmolLM2-135M LoRA, bf16, 2,979 tokens: 1.84 -> 1.28 GiB kept for backward,
+# process peak 3.5 -> 3.0 GiB, step time unchanged within noise.
+_RECOMPUTE_FREELY = ("ban_recompute_materialized_backward", "ban_recompute_used_far_apart",
+                     "ban_recompute_long_fusible_chains")
 _PAYS_OFF_SECONDS = 60  # ~15 s of compiling at a ~25% faster step breaks even after about a minute
 _SUSTAINED_FLOPS = {"cpu": 1e11, "cuda": 2e13}  # a modest guess of what training reaches
 
@@ -63,14 +69,13 @@ def compiled_layers(model: nn.Module, enabled: bool) -> Iterator[int]:
     the whole run. If compiling fails, the layers run as they are (torch falls back to eager).
     """
     layers = decoder_layers(model) if enabled else []
-    dynamo = torch._dynamo.config
-    suppress = dynamo.suppress_errors
-    dynamo.suppress_errors = True
+    partitioner = torch._functorch.config
+    recompute = {name: False for name in _RECOMPUTE_FREELY if enabled and hasattr(partitioner, name)}
     for layer in layers:
         layer.compile(dynamic=True)
     try:
-        yield len(layers)
+        with torch._dynamo.config.patch(suppress_errors=True), partitioner.patch(**recompute):
+            yield len(layers)  # compiling happens in the first step, inside this block
     finally:
         for layer in layers:
             layer._compiled_call_impl = None
-        dynamo.suppress_errors = suppress

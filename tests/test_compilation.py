@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyllm import ModelRunner
+from easyllm import ModelRunner, compilation
 from easyllm.adapters import make_trainable
 from easyllm.compilation import compiled_layers, decoder_layers, worth_compiling
 from easyllm.config import TrainSettings
@@ -48,6 +48,39 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6)
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))  # generation runs eager
     assert isinstance(runner.generate("Hi", max_new_tokens=3), str)
+
+
+def _kept_for_backward(model, batch) -> int:
+    """Bytes the forward keeps for the backward, parameters aside."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        loss, count = trained_token_loss(model, batch)
+    (loss / count).backward()
+    return sum(kept.values())
+
+
+def test_compiled_layers_recompute_cheap_results_instead_of_keeping_them(tiny_model_dir, monkeypatch):
+    torch.manual_seed(0)
+    model = make_trainable(ModelRunner(str(tiny_model_dir)).model, TrainSettings(), task_type="CAUSAL_LM")
+    model.train()
+    ids = torch.randint(5, 250, (1, 64))
+    batch = {"input_ids": ids, "position_ids": torch.arange(64)[None], "labels": ids.clone()}
+    kept = {}
+    for recompute in ((), compilation._RECOMPUTE_FREELY):  # torch's default partitioner, then easyllm's
+        monkeypatch.setattr(compilation, "_RECOMPUTE_FREELY", recompute)
+        torch._dynamo.reset()
+        with compiled_layers(model, True):
+            kept[recompute] = _kept_for_backward(model, batch)
+    torch._dynamo.reset()
+    assert kept[compilation._RECOMPUTE_FREELY] < 0.9 * kept[()], kept
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
