@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
+import json
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +19,6 @@ from easyllm.resources import (
     free_memory_bytes,
     needs_gradient_checkpointing,
     prefers_bf16,
-    release_freed_activations,
 )
 
 SMALL = LlamaConfig(hidden_size=576, num_hidden_layers=30)
@@ -90,24 +91,38 @@ def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(tiny_model_d
     assert bf16[-1] < bf16[0]
 
 
-class _MallInfo2(ctypes.Structure):
+_MMAP_PROBE = """
+import ctypes, json, sys
+import torch
+from easyllm.resources import release_freed_activations
+
+class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-
-def _mmapped_bytes() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2().hblkhd
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+released = release_freed_activations() if sys.argv[1] == "release" else None
+big = torch.ones(20 << 20, dtype=torch.uint8)
+del big  # by default, freeing it raises glibc's mmap threshold to 20 MiB: a 12 MiB block then comes from the heap
+before = libc.mallinfo2().hblkhd
+activation = torch.ones(12 << 20, dtype=torch.uint8)
+while_alive = libc.mallinfo2().hblkhd - before
+del activation
+print(json.dumps({"released": released, "while_alive": while_alive, "after_free": libc.mallinfo2().hblkhd - before}))
+"""
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator is what this changes")
 def test_freed_activations_go_back_to_the_os_instead_of_staying_resident():
-    assert release_freed_activations()
-    big = torch.ones(20 << 20, dtype=torch.uint8)
-    del big  # by default, freeing it would raise glibc's mmap threshold to 20 MiB, and 12 MiB blocks stay
-    before = _mmapped_bytes()
-    activation = torch.ones(12 << 20, dtype=torch.uint8)
-    assert _mmapped_bytes() - before >= 12 << 20  # its own mapping ...
-    del activation
-    assert _mmapped_bytes() - before < 1 << 20  # ... handed back to the OS when freed
+    """In a fresh interpreter each: the allocator's state after other tests would decide otherwise."""
+
+    def probe(mode: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    default, released = probe("default"), probe("release")
+    assert default["while_alive"] == 0  # glibc's default: from the heap, where it stays when freed
+    assert released["released"] is True
+    assert released["while_alive"] >= 12 << 20  # its own mapping ...
+    assert released["after_free"] < 1 << 20  # ... handed back to the OS when freed
