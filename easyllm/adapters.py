@@ -56,6 +56,11 @@ def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
             )
 
 
+def without_adapter(model):
+    """The transformers model inside a peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_4bit(model: PreTrainedModel) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False))
 

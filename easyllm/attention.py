@@ -25,6 +25,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from .adapters import without_adapter
+
 NAME = "easyllm_packed"
 
 
@@ -137,13 +139,9 @@ def packed_attention_forward(
 AttentionInterface.register(NAME, packed_attention_forward)
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def supports_packed_attention(model: nn.Module, max_length: int) -> bool:
     """True where per-example causal attention is exactly what the model's own attention computes."""
-    base = _base(model)
+    base = without_adapter(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", NAME):
         return False
@@ -158,7 +156,7 @@ def supports_packed_attention(model: nn.Module, max_length: int) -> bool:
 @contextlib.contextmanager
 def packed_attention(model: nn.Module, enabled: bool) -> Iterator[bool]:
     """Use per-example attention for the duration of the block (training); the model's own after."""
-    base = _base(model)
+    base = without_adapter(model)
     previous = base.config._attn_implementation if enabled else None
     if enabled:
         base.set_attn_implementation(NAME)

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .adapters import without_adapter
+
 # The backward may recompute cheap element-wise results (bf16 casts of frozen weights, SiLU times
 # up-projection, norms) instead of keeping them from the forward; torch's partitioner bans these by
 # default for speed. SmolLM2-135M LoRA, bf16, 2,979 tokens: 1.84 -> 1.28 GiB kept for backward,
@@ -32,7 +34,7 @@ _SUSTAINED_FLOPS = {"cpu": 1e11, "cuda": 2e13}  # a modest guess of what trainin
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of a transformers decoder (PEFT-wrapped or not); [] if it has none."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = without_adapter(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     return list(layers) if isinstance(layers, nn.ModuleList) else []

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .adapters import without_adapter
 from .data.encoding import IGNORE_INDEX
 
 CHUNK_TOKENS = 1024
@@ -58,7 +59,7 @@ def trained_token_loss(model, batch: dict[str, torch.Tensor], *, compiled: bool 
     `use_cache=False` matters: with a cache, transformers ignores packed position ids and
     would let packed examples attend to each other. `compiled`: fuse the output layer's loss.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = without_adapter(model)
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     return trained_token_loss_sum(hidden, batch["labels"], base.get_output_embeddings(), compiled=compiled)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig
 
-from .adapters import is_4bit
+from .adapters import is_4bit, without_adapter
 from .data.encoding import IGNORE_INDEX, ChatEncoder
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def merge_parity(
         for model, training in modes:
             model.train(training)
     every = torch.cat(drifts)
-    base = adapter_model.get_base_model() if hasattr(adapter_model, "get_base_model") else adapter_model
+    base = without_adapter(adapter_model)
     return ParityReport(
         prompts=len(details),
         identical=sum(d.same_tokens for d in details) / len(details),

@@ -27,6 +27,7 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..adapters import without_adapter
 from ..data.encoding import IGNORE_INDEX, ChatEncoder
 from ..data.formats import (
     ROW_FORMATS,
@@ -254,7 +255,7 @@ def completion_logps(
     The output layer runs only on completion positions, a chunk at a time (see loss.py), so a
     [tokens, vocab] tensor for the whole batch never exists.
     """
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base = without_adapter(model)
     head, device = base.get_output_embeddings(), next(model.parameters()).device
     was_training = model.training
     model.eval()
