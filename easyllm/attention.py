@@ -42,10 +42,10 @@ def example_spans(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return sorted(spans)
 
 
-def _attend(spans: list[tuple[int, int, int]], batch: int, query: torch.Tensor, key: torch.Tensor,
+def _attend(spans: list[tuple[int, int, int]], query: torch.Tensor, key: torch.Tensor,
             value: torch.Tensor, dropout: float, scaling: float | None) -> torch.Tensor:
     """Causal attention within each span, through autograd; [batch, heads, tokens, dim]."""
-    rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    rows: list[list[torch.Tensor]] = [[] for _ in range(query.shape[0])]
     for row, start, end in spans:
         rows[row].append(F.scaled_dot_product_attention(
             query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
@@ -132,7 +132,7 @@ def packed_attention_forward(
         if query.device.type == "cpu" and dropout == 0.0:
             output = _CpuSpanAttention.apply(query, key, value, spans, scaling)
         else:
-            output = _attend(spans, query.shape[0], query, key, value, dropout, scaling).transpose(1, 2)
+            output = _attend(spans, query, key, value, dropout, scaling).transpose(1, 2)
     return output.to(value.dtype).contiguous(), None
 
 

@@ -24,12 +24,19 @@ def free_memory_bytes(device: torch.device) -> int:
     """Memory a run can take: free GPU memory, or what Linux reports as available (page cache included)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return _linux_available_bytes() or _free_pages_bytes()
+
+
+def _linux_available_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        pass
+        return None  # not Linux (or a kernel without MemAvailable)
+
+
+def _free_pages_bytes() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

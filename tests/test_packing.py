@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from easyllm import attention
 from easyllm.attention import (
     example_spans,
     packed_attention,
@@ -150,9 +151,11 @@ def test_per_example_attention_never_attends_across_an_example(model64, examples
     torch.testing.assert_close(original[0, second:], perturbed[0, second:], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["cpu", "autograd"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_per_example_attention_in_low_precision_follows_float64(dtype, tolerance):
-    """The CPU path runs bf16's forward in bf16 and every backward in fp32: both close to float64."""
+def test_per_example_attention_in_low_precision_follows_float64(dtype, tolerance, path):
+    """The CPU path runs bf16's forward in bf16 and every backward in fp32; the autograd path (GPUs,
+    attention dropout) runs span by span: both close to float64."""
     torch.manual_seed(0)
     positions = torch.tensor([list(range(5)) + list(range(11)) + list(range(3)), list(range(19))])
     query, key, value = (torch.randn(2, heads, 19, 8, dtype=torch.float64) for heads in (4, 2, 2))
@@ -172,6 +175,8 @@ def test_per_example_attention_in_low_precision_follows_float64(dtype, tolerance
         return (weights @ v.repeat_interleave(2, dim=1)).transpose(1, 2)
 
     def packed(q, k, v):
+        if path == "autograd":
+            return attention._attend(example_spans(positions), q, k, v, 0.0, None).transpose(1, 2)
         return packed_attention_forward(None, q, k, v, None, position_ids=positions)[0]
 
     reference, got = run(dense, torch.float64), run(packed, dtype)
