@@ -15,7 +15,7 @@ from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
 from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
 from ..data.loading import Record, source_name
 from ..data.split import train_val_split
-from ..encoded_cache import cached_encoding, encoder_fingerprint, encoding_key
+from ..encoded_cache import Encoding, cached_encoding, encoder_fingerprint, encoding_key
 from ..errors import DataError
 from ..evaluation import Reference
 from . import causal
@@ -91,7 +91,7 @@ class SFTTask:
 
 def encode_conversations(
     conversations: list[Conversation], encoder: ChatEncoder, max_length: int, keep_references: bool
-) -> tuple[dict[str, list], dict[str, Any]]:
+) -> Encoding:
     """Token ids and labels per conversation, and what the data report counts about them."""
     rows: dict[str, list] = {"input_ids": [], "labels": []}
     if keep_references:
