@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from easyllm import attention
@@ -97,10 +98,11 @@ def test_packed_labels_never_predict_across_a_boundary(examples):
     assert all(row["labels"][start] == IGNORE_INDEX for start in starts)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["fused-gradient", "recomputed-chunks"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients(compiled):
+def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients(compiled, bias):
     torch.manual_seed(0)
-    head = torch.nn.Linear(8, 50, bias=False, dtype=torch.float64)
+    head = torch.nn.Linear(8, 50, bias=bias, dtype=torch.float64)
     hidden = torch.randn(3, 11, 8, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 50, (3, 11))
     labels[:, :4] = IGNORE_INDEX
@@ -114,6 +116,46 @@ def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients(compiled)
     grad_plain = torch.autograd.grad(plain, [hidden, head.weight])
     for a, b in zip(grad_chunked, grad_plain):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_output_layer_runs_once_per_chunk_and_never_again_in_the_backward():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False).requires_grad_(False)  # frozen, as under LoRA
+    hidden = torch.randn(2, 40, 16, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 40))
+    with _CountMatmuls() as forward:
+        loss, count = trained_token_loss_sum(hidden, labels, head, chunk=32)
+    with _CountMatmuls() as backward:
+        loss.backward()
+    assert count == 78
+    assert forward.count == 3 * 2  # 3 chunks: logits, then their gradient back to the hidden states
+    assert backward.count == 0
+
+
+def test_the_fused_loss_under_bf16_autocast_follows_autograd_through_the_same_casts():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 500, bias=False)
+    hidden = torch.randn(1, 90, 32, requires_grad=True)
+    labels = torch.randint(0, 500, (1, 90))
+    labels[0, :20] = IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, count = trained_token_loss_sum(hidden, labels, head, chunk=16)
+        reference = F.cross_entropy(head(hidden[0, :-1]).float(), labels[0, 1:], reduction="sum")
+    assert count == 70
+    torch.testing.assert_close(fused, reference)
+    grad_fused, = torch.autograd.grad(fused, hidden)
+    grad_reference, = torch.autograd.grad(reference, hidden)
+    torch.testing.assert_close(grad_fused, grad_reference, rtol=2e-2, atol=1e-3)
 
 
 def test_a_one_row_batch_with_per_example_attention_gives_the_unpacked_loss_and_gradients(model64, examples):
