@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from .adapters import without_adapter
 
@@ -54,14 +54,6 @@ def _attend(spans: list[tuple[int, int, int]], query: torch.Tensor, key: torch.T
     return torch.cat([torch.cat(pieces, dim=2) for pieces in rows], dim=0)
 
 
-def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped-query keys or values [1, kv_heads, tokens, dim] repeated for each query head."""
-    if groups == 1:
-        return states
-    batch, heads, tokens, dim = states.shape
-    return states[:, :, None].expand(batch, heads, groups, tokens, dim).reshape(batch, heads * groups, tokens, dim)
-
-
 class _CpuSpanAttention(torch.autograd.Function):
     """Per-span causal flash attention on the CPU: the forward in the inputs' dtype, the backward in fp32.
 
@@ -78,8 +70,8 @@ class _CpuSpanAttention(torch.autograd.Function):
         logsumexps = []
         for row, start, end in spans:
             piece, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query[row:row + 1, :, start:end], _repeat_heads(key[row:row + 1, :, start:end], groups),
-                _repeat_heads(value[row:row + 1, :, start:end], groups), 0.0, True, scale=scaling)
+                query[row:row + 1, :, start:end], repeat_kv(key[row:row + 1, :, start:end], groups),
+                repeat_kv(value[row:row + 1, :, start:end], groups), 0.0, True, scale=scaling)
             output[row:row + 1, start:end] = piece.transpose(1, 2)
             logsumexps.append(logsumexp)
         ctx.save_for_backward(query, key, value, output, *logsumexps)
@@ -95,7 +87,7 @@ class _CpuSpanAttention(torch.autograd.Function):
             query_span, key_span, value_span = (t[row:row + 1, :, start:end].to(work) for t in (query, key, value))
             grad_query, grad_key, grad_value = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 grad_output[row:row + 1, start:end].transpose(1, 2).to(work), query_span,
-                _repeat_heads(key_span, groups), _repeat_heads(value_span, groups),
+                repeat_kv(key_span, groups), repeat_kv(value_span, groups),
                 output[row:row + 1, start:end].transpose(1, 2).to(work), logsumexp, 0.0, True, scale=ctx.scaling)
             if groups > 1:  # each key/value head served `groups` query heads: their gradients add up
                 grad_key = grad_key.unflatten(1, (-1, groups)).sum(2)
