@@ -97,17 +97,18 @@ def trained_token_loss_sum(
     hidden, targets = hidden[:, :-1], labels[:, 1:]
     trained = targets != IGNORE_INDEX
     hidden, targets = hidden[trained], targets[trained]
+    count = int(targets.numel())
     if torch.is_grad_enabled() and _plain_output_layer(head):
         loss_and_grad = _compiled(_loss_and_logit_grad) if compiled else _loss_and_logit_grad
-        return _OutputLayerLoss.apply(hidden, head.weight, targets, chunk, loss_and_grad), int(targets.numel())
+        return _OutputLayerLoss.apply(hidden, head.weight, targets, chunk, loss_and_grad), count
     chunk_loss = _compiled(_chunk_loss) if compiled else _chunk_loss
     if torch.is_grad_enabled():  # another output layer: recompute each chunk's logits in the backward
         chunk_loss = functools.partial(checkpoint, chunk_loss, use_reentrant=False)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk):
+    for start in range(0, count, chunk):
         piece = slice(start, start + chunk)
         total = total + chunk_loss(hidden[piece], targets[piece], head)
-    return total, int(targets.numel())
+    return total, count
 
 
 def trained_token_loss(model, batch: dict[str, torch.Tensor], *, compiled: bool = False) -> tuple[torch.Tensor, int]:
