@@ -200,17 +200,17 @@ def lora_config():
 # -- the four configurations: each builds and runs one trainer --------------------------------
 def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict,
                 **forced: Any) -> None:
-    import easyllm.compilation
-    import easyllm.training
+    import easyllm.train.compilation
+    import easyllm.train.engine
     from easyllm import ModelRunner
 
-    compile_layers = easyllm.training.compiled_layers
+    compile_layers = easyllm.train.engine.compiled_layers
 
     def recording(model, enabled):  # records how many layers easyllm compiled
-        probe["compiled_layers"] = len(easyllm.compilation.decoder_layers(model)) if enabled else 0
+        probe["compiled_layers"] = len(easyllm.train.compilation.decoder_layers(model)) if enabled else 0
         return compile_layers(model, enabled)
 
-    easyllm.training.compiled_layers = recording
+    easyllm.train.engine.compiled_layers = recording
     runner = ModelRunner(model_dir)
     runner.load_data(chats, val_size=0, max_length=MAX_LENGTH)
     runner.train(max_steps=max_steps, per_device_train_batch_size=BATCH_SIZE, lora_r=LORA["r"],
@@ -223,7 +223,7 @@ def run_trl(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, pr
     from trl import SFTConfig, SFTTrainer
 
     placement = device_overrides(gpu)
-    from easyllm.resources import prefers_bf16
+    from easyllm.train.resources import prefers_bf16
 
     tuning = {"packing": True, "packing_strategy": "bfd", "gradient_checkpointing": False,
               "bf16": placement.get("bf16", prefers_bf16(torch.device("cpu")))} if tuned else {}

@@ -8,8 +8,6 @@
 
 import logging
 
-__version__ = "0.1.0"
-
 # bitsandbytes warns at import, on every AVX512-BF16 CPU, that an optional hub-downloaded kernel
 # is missing. easyllm never uses that kernel path (see adapters.keep_4bit_weights_trainable).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -26,6 +24,7 @@ from .errors import (
 from .runner import ModelRunner
 from .synthesis import Endpoint, synthesize
 from .tasks import register_task
+from .version import __version__
 
 __all__ = [
     "ConfigError", "DataError", "EasyLLMError", "Endpoint", "ModelLoadError", "ModelRunner", "SaveError",

@@ -1,35 +1,8 @@
-"""Make a model trainable by method: LoRA on all linear layers, QLoRA, or full fine-tuning."""
+"""Weights under an adapter: 4-bit layers kept trainable, counted, and de-quantized for merges."""
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
-
-from .config import TrainSettings
-
-
-def make_trainable(
-    model: PreTrainedModel, settings: TrainSettings, task_type: str = "CAUSAL_LM"
-) -> PreTrainedModel:
-    """Return the model to hand to the Trainer; an existing adapter keeps training."""
-    keep_4bit_weights_trainable(model)
-    if settings.method == "full":
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        return model
-    if isinstance(model, PeftModel):
-        return model
-    if settings.method == "qlora":
-        # Freezes the 4-bit base and keeps norms in fp32; checkpointing stays the user's choice.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(
-        task_type=task_type,  # SEQ_CLS keeps a classification head fully trained
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.target_modules,
-    )
-    return get_peft_model(model, config)
 
 
 def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
@@ -54,15 +27,6 @@ def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
             module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
                 module.weight.data, state
             )
-
-
-def without_adapter(model):
-    """The transformers model inside a peft wrapper (the model itself when there is none)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def is_4bit(model: PreTrainedModel) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:

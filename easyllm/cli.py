@@ -33,7 +33,7 @@ def _runner(run_dir: str):
 
 def _any_runner(spec: str):
     """A folder written by train()/save() is reloaded with its adapter; anything else is a model."""
-    from .hub import SAVE_INFO_FILE
+    from .records.folder import SAVE_INFO_FILE
     from .runner import ModelRunner
 
     return ModelRunner.load(spec) if (Path(spec) / SAVE_INFO_FILE).is_file() else ModelRunner(spec)
@@ -51,8 +51,8 @@ def config_from_yaml(path: Path) -> dict[str, Any]:
 
 def run_training(config: dict[str, Any]) -> None:
     """Split one flat config into the runner's, load_data's and train()'s arguments, and run."""
-    from .config import SETTINGS_FIELDS, TRAINER_FIELDS
     from .runner import ModelRunner
+    from .train.settings import SETTINGS_FIELDS, TRAINER_FIELDS
 
     unknown = [k for k in config if k not in RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS]
     if unknown:
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", help="hub id, local folder, or built-in name (default: the built-in model)")
     train.add_argument("--data", help="training data: .jsonl, .json, .csv, .parquet, .txt or a folder")
     train.add_argument("--task", help="task name (default: sft)")
-    train.add_argument("--method", choices=["lora", "qlora", "full"], help="default: lora")
+    train.add_argument("--method", help="lora (default), qlora, full, or another registered method")
     train.add_argument("--epochs", type=float, help="number of training epochs")
     train.add_argument("--output-dir", help="where to write the run (default: a fresh folder in easyllm-runs/)")
     train.add_argument("--resume", action="store_true", help="continue the newest checkpoint of the run")

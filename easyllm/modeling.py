@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -113,30 +114,17 @@ def _package_dir(spec: BuiltinModel) -> str:
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    with _explain_load_errors(source):
+    with explain_load_errors(source):
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
-def load_causal_lm(
-    source: str, *, quantize_4bit: bool = False, trust_remote_code: bool = False
-) -> PreTrainedModel:
-    """Load weights in float32 (or 4-bit NF4 with double quantization for QLoRA)."""
-    kwargs: dict = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    if quantize_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else {"": "cpu"}
-    with _explain_load_errors(source):
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+def load_causal_lm(source: str, **options: Any) -> PreTrainedModel:
+    """The checkpoint as a causal LM; `options` come from the method (methods.Method.load_options)."""
+    with explain_load_errors(source):
+        return AutoModelForCausalLM.from_pretrained(source, **options)
 
 
-class _explain_load_errors:
+class explain_load_errors:
     """Turn huggingface_hub's long tracebacks into one actionable message."""
 
     def __init__(self, source: str) -> None:
@@ -202,3 +190,9 @@ def _sync_pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | No
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:  # classifiers have none
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def portable_model_name(model_name: str) -> str:
+    """Local folders are stored as absolute paths so a save can be reloaded from anywhere."""
+    path = Path(model_name).expanduser()
+    return str(path.resolve()) if path.is_dir() else model_name

@@ -3,44 +3,38 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 from datasets import Dataset
-from peft import PeftModel
 from transformers import AutoConfig, set_seed
 
-from . import __version__
-from . import checkpoints as ckpt
-from .adapters import (
-    copy_dequantized_weights,
-    count_parameters,
-    is_4bit,
-    keep_4bit_weights_trainable,
-    make_trainable,
-)
-from .config import SETTINGS_FIELDS, Method, TrainSettings, build_settings
+from .adapters import count_parameters, keep_4bit_weights_trainable
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
-from .data.formats import Message, OnBadRows
-from .data.loading import DataSource, read_source, write_rejects
+from .data.formats import Message
+from .data.loading import DataSource, read_source
+from .data.prepared import DataOptions, DataReport, PreparedData
 from .data.preview import Preview, spans
+from .data.rows import OnBadRows
 from .data.templates import ResolvedTemplate, resolve_template
-from .drift import check_template, template_fingerprint
 from .errors import UsageError
-from .evaluation import EVALUATION_FILE, Answerer, EvalResult, Reference, compare_replies
-from .generation import Reply, generate_batch, stream_reply
-from .hub import SAVE_INFO_FILE, push_folder_to_hub, read_save_info, write_model_folder
-from .model_card import model_card, write_model_card
+from .eval.comparison import evaluate_runner
+from .eval.evaluation import EVALUATION_FILE, EvalResult
+from .eval.generation import Reply, as_conversation, generate_batch, stream_reply
+from .methods import get_method, has_adapter, make_trainable
 from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
 from .notebook import LiveLossPlot, html_table, in_notebook
-from .parity import ParityReport, merge_parity, parity_prompts
-from .reproduce import write_reproduction_record
-from .tasks import TASKS, DataOptions, DataReport, PreparedData
-from .training import TrainResult, run_trainer, write_run_records
+from .records import saving
+from .tasks import TASKS
+from .tasks.base import BuildsModelFromData, ModelLoading, Predicts, Previews, Scores
+from .train.arguments import run_arguments
+from .train.checkpoints import make_resumable
+from .train.distributed import is_main_process, main_process_first, on_main_process
+from .train.engine import TrainResult, run_trainer
+from .train.run_folder import Resume, check_free_space, save_run, start_run
+from .train.settings import MethodName, TrainSettings, build_settings
 
 RUNS_DIR = "easyllm-runs"
 
@@ -54,22 +48,20 @@ class ModelRunner:
     >>> runner.generate("Who are you?")
 
     `model` is None (the built-in default), a built-in alias, a local folder or a hub id.
-    `method` is "lora" (default), "qlora" (4-bit base) or "full"; `template` overrides the
-    tokenizer's chat template with a Jinja string. Remote code runs only with
-    `trust_remote_code=True`.
+    `method` is "lora" (default), "qlora" (4-bit base), "full" or another registered method;
+    `template` overrides the tokenizer's chat template with a Jinja string. Remote code runs only
+    with `trust_remote_code=True`.
     """
 
     def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        task: str = "sft",
-        method: Method = "lora",
-        template: str | None = None,
-        trust_remote_code: bool = False,
-        seed: int = 42,
-        _tokenizer_source: str | None = None,
+        self, model: str | os.PathLike | None = None, *, task: str = "sft", method: MethodName = "lora",
+        template: str | None = None, trust_remote_code: bool = False, seed: int = 42,
     ) -> None:
+        self._setup(model, task=task, method=method, template=template, trust_remote_code=trust_remote_code,
+                    seed=seed, tokenizer_source=None)
+
+    def _setup(self, model: str | os.PathLike | None, *, task: str, method: str, template: str | None,
+               trust_remote_code: bool, seed: int, tokenizer_source: str | None, max_length: int = 1024) -> None:
         self.model_name = str(model) if model is not None else DEFAULT_MODEL
         self.task_name = task
         self.task = TASKS.get(task)
@@ -77,35 +69,29 @@ class ModelRunner:
         self.seed = seed
         self.trust_remote_code = trust_remote_code
         self._source = resolve_model(model)
-        self.tokenizer = load_tokenizer(_tokenizer_source or self._source, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(tokenizer_source or self._source, trust_remote_code=trust_remote_code)
         self.template: ResolvedTemplate | None = None
         self.encoder: ChatEncoder | None = None
-        if self.task.uses_chat_template or self.task.generative:  # generate() renders prompts with it
-            model_type = getattr(AutoConfig.from_pretrained(self._source, trust_remote_code=trust_remote_code),
-                                 "model_type", None)
-            self.template = resolve_template(self.tokenizer, template=template, model_type=model_type)
+        capabilities = self.task.capabilities
+        if capabilities.chat_template or capabilities.generative:  # generate() renders prompts with it
+            config = AutoConfig.from_pretrained(self._source, trust_remote_code=trust_remote_code)
+            self.template = resolve_template(self.tokenizer, template=template,
+                                             model_type=getattr(config, "model_type", None))
             self.tokenizer.chat_template = self.template.source  # saved with the tokenizer: reloads chat the same
             self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
+        self.data_options = DataOptions(seed=seed, max_length=max_length)  # what load_data read with
         self._data_path: str | None = None  # what load_data() read, for reproduce.json
-        self._data_options: DataOptions | None = None
         self.last_result: TrainResult | None = None
         self.run_dir: Path | None = None  # the run folder (after train() or load()): evaluate() writes there
-        self.model = self._load_model(method)
+        self.model = None
+        self.model = self._load_model()
 
     # -- the three lines ---------------------------------------------------------------------
     def load_data(
-        self,
-        source: DataSource,
-        *,
-        val_size: float | int = 0.1,
-        seed: int | None = None,
-        max_length: int = 1024,
-        input_key: str | None = None,
-        output_key: str | None = None,
-        columns: dict[str, str] | None = None,
-        on_bad_rows: OnBadRows = "raise",
-        train_on: TrainOn = "assistant",
+        self, source: DataSource, *, val_size: float | int = 0.1, seed: int | None = None, max_length: int = 1024,
+        input_key: str | None = None, output_key: str | None = None, columns: dict[str, str] | None = None,
+        on_bad_rows: OnBadRows = "raise", train_on: TrainOn = "assistant",
         on_control_tokens: ControlTokenPolicy = "text",
     ) -> DataReport:
         """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
@@ -115,7 +101,9 @@ class ModelRunner:
         prompt/completion, question/answer or input/output; other column names via
         `columns={"prompt": "q", "completion": "a"}` (or `input_key=` / `output_key=`). Bad rows
         raise one DataError naming each file:line; `on_bad_rows="skip"` trains on the rest and
-        writes the skipped rows to rejects.jsonl in the run folder. `train_on`: "assistant" (every reply), "last_assistant" or "all".
+        writes the skipped rows to rejects.jsonl in the run folder. `train_on`: "assistant" (every
+        reply), "last_assistant" or "all". `max_length`: the longest example in tokens; each task
+        fits longer ones as data/truncation.py says, and the saved model remembers the value.
         `on_control_tokens`: strings like "<|im_end|>" inside messages are kept as plain "text"
         (default), make the row a "reject" error, or "allow"ed to act as control tokens.
         """
@@ -124,13 +112,13 @@ class ModelRunner:
             input_key=input_key, output_key=output_key, columns=columns, on_bad_rows=on_bad_rows,
             train_on=train_on, on_control_tokens=on_control_tokens,
         )
-        with ckpt.main_process_first():  # several processes: prepare once, the others reuse the cache
-            self.data = self.task.prepare(read_source(source), self.encoder, options)
+        with main_process_first():  # several processes: prepare once, the others reuse the cache
+            self.data = self.task.prepare(read_source(source), self.tokenizer, self.encoder, options)
         self._data_path = str(source) if isinstance(source, (str, os.PathLike)) else None
-        self._data_options = options
-        if self.template is not None and self.task.uses_chat_template:
+        self.data_options = options
+        if self.template is not None and self.task.capabilities.chat_template:
             self.data.report.template = f"{self.template.name} ({self.template.reason})"
-        if ckpt.is_main_process():
+        if is_main_process():
             print(self.data.report)
         return self.data.report
 
@@ -142,15 +130,15 @@ class ModelRunner:
         """
         if self.data is None:
             raise UsageError("Nothing to preview: call runner.load_data(...) first.")
-        if not {"input_ids", "prompt_ids"} & set(self.data.train.column_names):
+        if not self.task.capabilities.previews:
             raise UsageError(f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time.")
         dataset = self.data.train if split == "train" else self.data.validation
         if dataset is None:
             raise UsageError("There is no validation split: load_data(..., val_size=0.1) holds one out.")
-        rows = [dataset[i] for i in range(min(n, len(dataset)))]
-        return Preview([spans(self.tokenizer, *_preview_ids(row)) for row in rows])
+        task = cast(Previews, self.task)
+        return Preview([spans(self.tokenizer, *task.preview_ids(dataset[i])) for i in range(min(n, len(dataset)))])
 
-    def train(self, *, resume: ckpt.Resume = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
+    def train(self, *, resume: Resume = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
 
         Checkpoints are written about 4 times per epoch, each complete or absent. `resume=True`
@@ -162,37 +150,28 @@ class ModelRunner:
         >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
         >>> runner.train(output_dir="runs/a", resume=True)  # after a crash, a kill or Ctrl-C
         """
-
         if self.data is None:
             raise UsageError("No training data yet: call runner.load_data('file.jsonl') before train().")
         settings = build_settings(self.settings, overrides)
-        run, manifest = ckpt.start_run(settings, self.model_name, RUNS_DIR, self.data, self.tokenizer,
-                                       self.template and self.template.source, self.seed, resume, overwrite)
+        run, manifest = start_run(settings, self.model_name, RUNS_DIR, self.data, self.tokenizer,
+                                  self.template and self.template.source, self.seed, resume, overwrite)
         self._switch_method(settings.method)
         self.settings = settings
         set_seed(self.seed)  # LoRA weights are initialised before the Trainer seeds anything
         if self.model is None:  # a task whose model depends on the data (e.g. its labels)
-            self.model = self._load_model(settings.method)
-        self.model = make_trainable(self.model, settings, task_type=self.task.peft_task_type)
+            self.model = self._load_model()
+        self.model = make_trainable(self.model, settings, task_type=self.task.capabilities.peft_task_type)
         trainable, total = count_parameters(self.model)
-        args = ckpt.run_arguments(
-            settings, str(run.path), self.seed, self.data.validation is not None,
-            model_config=self.model.config, max_length=_longest_example(self.data),
-        )
-        ckpt.on_main_process(ckpt.check_free_space, run.path, self.model, args)
-        ckpt.on_main_process(  # before training: a run that crashes is recorded too
-            write_reproduction_record, run.path, model_name=_portable(self.model_name), model_source=self._source,
-            task=self.task_name, settings=settings, seed=self.seed, data=self.data, tokenizer=self.tokenizer,
-            template=self.template, manifest=manifest, data_path=self._data_path, data_options=self._data_options,
-            training_arguments=args, trust_remote_code=self.trust_remote_code,
-            revision=getattr(self.model.config, "_commit_hash", None),
-        )
-        if ckpt.is_main_process():
+        args = run_arguments(settings, str(run.path), self.seed, self.data.validation is not None,
+                             model_config=self.model.config, longest_example=self.data.longest_example)
+        on_main_process(check_free_space, run.path, self.model, args)
+        on_main_process(saving.record_run, self, run.path, manifest, args)  # before training: crashes are recorded
+        if is_main_process():
             start = f"; resuming from {run.resume_from.name}" if run.resume_from else ""
             print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
                   f"the run is saved in {run.path}{start}")
-        trainer = ckpt.make_resumable(self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
-                                      manifest, run.resume_from)
+        trainer = make_resumable(self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
+                                 manifest, run.resume_from)
         if in_notebook():
             trainer.add_callback(LiveLossPlot())
         result = run_trainer(trainer, self.data, resume_from=run.resume_from, compile=settings.compile)
@@ -200,7 +179,7 @@ class ModelRunner:
         self.run_dir = run.path
         if self.data.validation is not None:
             result.metrics.update(self.evaluate())
-        ckpt.save_run(lambda: self.save(run.path, _result=result), run.path)
+        save_run(lambda: saving.save(self, run.path, result=result), run.path)
         self.last_result = result
         return result
 
@@ -223,22 +202,9 @@ class ModelRunner:
         >>> result["rouge_l"], result["base_rouge_l"], result.samples[0].reply
         """
         dataset, described = self._eval_dataset(data)
-        model = self._require_model()
-        other = self._comparison(compare, generate)
-        prefix = "" if other is None else "base_" if compare is True else "compare_"
-        result = EvalResult(self.task.evaluate(model, self.tokenizer, dataset, batch_size), data=described,
-                            compared_with=other.label if other else None, prefix=prefix)
-        if compare is True:  # the same weights and tokens with the adapter off: its loss means the same
-            with other.context():
-                result.update(_prefixed(prefix, self.task.evaluate(model, self.tokenizer, dataset, batch_size)))
-        references = self._references(dataset, max_samples) if generate else []
-        if references:
-            metrics, result.samples = compare_replies(
-                Answerer("model", model, self.encoder), other, references, prefix=prefix,
-                max_new_tokens=max_new_tokens, batch_size=batch_size,
-            )
-            result.update(metrics)
-        if self.run_dir is not None and ckpt.is_main_process():
+        result = evaluate_runner(self, dataset, described, batch_size=batch_size, max_samples=max_samples,
+                                 max_new_tokens=max_new_tokens, generate=generate, compare=compare)
+        if self.run_dir is not None and is_main_process():
             result.save(self.run_dir / EVALUATION_FILE)
         return result
 
@@ -277,7 +243,7 @@ class ModelRunner:
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             return []
-        conversations = [_as_conversation(p, system) for p in prompts]
+        conversations = [as_conversation(p, system) for p in prompts]
         replies = generate_batch(self.model, encoder, conversations, max_new_tokens, stop,
                                  batch_size=batch_size, **sampling)
         if not return_details:
@@ -291,7 +257,7 @@ class ModelRunner:
         >>> for piece in runner.stream("Tell me a story"): print(piece, end="", flush=True)
         """
         encoder = self._require_generative()
-        return stream_reply(self.model, encoder, _as_conversation(prompt, system), max_new_tokens, stop, **sampling)
+        return stream_reply(self.model, encoder, as_conversation(prompt, system), max_new_tokens, stop, **sampling)
 
     @overload
     def predict(self, texts: list[str] | list[tuple[str, str]], *, return_scores: Literal[False] = ...,
@@ -304,124 +270,56 @@ class ModelRunner:
     def predict(self, texts, *, return_scores=False, batch_size=16):
         """The label of each text (or (text, text_pair) tuple); with return_scores, each label's probability too.
 
+        Texts are cut at the `max_length` the model was trained with.
+
         >>> runner.predict(["where is my parcel?"])
         ['track_order']
         """
-        predict = getattr(self.task, "predict", None)
-        if predict is None:
+        if not self.task.capabilities.predicts:
             raise UsageError(f"predict() needs a classification task; task '{self.task_name}' is not one "
                              "(use generate()).")
-        return predict(self._require_model(), self.tokenizer, texts, batch_size=batch_size,
-                       return_scores=return_scores)
+        return cast(Predicts, self.task).predict(
+            self._require_model(), self.tokenizer, texts, max_length=self.data_options.max_length,
+            batch_size=batch_size, return_scores=return_scores)
 
     def score(self, texts: list[str | list[Message]], *, batch_size: int = 8) -> list[float]:
         """Rewards of a reward model (task="rm"), one per reply (str) or conversation; higher is preferred.
 
         >>> runner.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
         """
-        scorer = getattr(self.task, "score", None)
-        if scorer is None:
+        if not self.task.capabilities.scores:
             raise UsageError(f"score() needs a reward model (task='rm'); task '{self.task_name}' gives no scores.")
-        return scorer(self._require_model(), self.tokenizer, self.encoder, texts, batch_size=batch_size)
+        return cast(Scores, self.task).score(self._require_model(), self.tokenizer, self.encoder, texts,
+                                             batch_size=batch_size)
 
     # -- saving ------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, _result: TrainResult | None = None, _repo_id: str | None = None) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write the adapter (or full weights), tokenizer, settings and a model card (README.md).
 
         Reload with ModelRunner.load(path). Nothing secret is written: tokens never reach a file.
         """
-        target = Path(path)
-        target.mkdir(parents=True, exist_ok=True)
-        full_weights = self.settings.method == "full"  # the weights themselves are what changed
-        info = {
-            "easyllm_version": __version__,
-            "base_model": None if full_weights else _portable(self.model_name),
-            "task": self.task_name,
-            "method": self.settings.method,
-            "adapter": isinstance(self.model, PeftModel),
-            "trust_remote_code": self.trust_remote_code,
-        }
-        saved_info = getattr(self.task, "saved_info", None)  # what a data-built model needs to be rebuilt
-        if saved_info is not None and self.model is not None:
-            info["task_info"] = saved_info(self.model)
-        if self.template is not None:  # load() checks that chats still render as in training
-            info["template_fingerprint"] = template_fingerprint(self.tokenizer)
-        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
-        try:
-            write_model_folder(staging, self.model, self.tokenizer, info)
-            result = _result or self.last_result
-            settings = {**{k: getattr(self.settings, k) for k in SETTINGS_FIELDS}, **self.settings.trainer_args}
-            settings.pop("output_dir", None)
-            if _result is not None:
-                write_run_records(_result, staging)
-                if self.data is not None and self.data.rejects:
-                    write_rejects(self.data.rejects, staging / "rejects.jsonl")
-            card = model_card(info, settings, result.metrics if result else {}, _repo_id,
-                              has_loss_plot=(staging / "loss.png").exists())
-            write_model_card(staging, card)
-            _move_into(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return saving.save(self, Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False) -> ModelRunner:
-        """Reload a folder written by save() or train(): same model, adapter, tokenizer and template.
+        """Reload a folder written by save() or train(): same model, adapter, tokenizer, template and max_length.
 
         Chats must render as in training: if they do not (another `template=`, or a library
         version that tokenizes the saved tokenizer differently), a TemplateDriftWarning shows the
         difference; `strict=True` raises ConfigError instead.
         """
-        folder = Path(path)
-        info = read_save_info(folder)
-        base = info["base_model"] if info["base_model"] is not None else str(folder)
-        runner = cls(
-            base, task=info["task"], method=info["method"], template=template,
-            trust_remote_code=info.get("trust_remote_code", False), _tokenizer_source=str(folder),
-        )
-        if runner.template is not None:
-            check_template(info.get("template_fingerprint"), runner.tokenizer, strict=strict, source=str(folder))
-        if runner.model is None and info.get("task_info") is not None:  # built from the data (classify: labels)
-            runner.model = runner._load_model(info["method"], task_info=info["task_info"])
-        if info.get("adapter"):
-            runner.model = PeftModel.from_pretrained(runner.model, str(folder), is_trainable=True)
-        runner.run_dir = folder
-        return runner
+        return saving.load(cls, Path(path), template=template, strict=strict)
 
     def merge(self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None) -> Path:
         """Write the LoRA adapter merged into full-precision base weights: a plain transformers folder.
 
         A QLoRA adapter is merged into the de-quantized 4-bit weights it was trained on (in a
-        freshly loaded full-precision model), so the merged model answers like the adapter. `check`: generative models answer a few held-out prompts (`prompts`, else the validation
+        freshly loaded full-precision model), so the merged model answers like the adapter.
+        `check`: generative models answer a few held-out prompts (`prompts`, else the validation
         split, else fixed probes) with the adapter and merged; agreement and log-prob drift are
         printed and written to parity.json (see docs/reliability.md).
         """
-        if not isinstance(self.model, PeftModel):
-            raise UsageError("Nothing to merge: this model has no adapter (train with method='lora' or 'qlora').")
-        target = Path(path)
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as adapter_dir:
-            self.model.save_pretrained(adapter_dir)
-            saved_info = getattr(self.task, "saved_info", None)
-            if saved_info is not None:  # a head built from the data (classify): rebuilt from what the model knows
-                base = self.task.load_saved(self._source, saved_info(self.model), quantize_4bit=False,
-                                            trust_remote_code=self.trust_remote_code)
-            else:
-                base = self.task.load_model(self._source, quantize_4bit=False,
-                                            trust_remote_code=self.trust_remote_code, data=self.data)
-            if is_4bit(self.model.get_base_model()):
-                copy_dequantized_weights(self.model.get_base_model(), base)
-            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-        staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target))
-        try:
-            if check and self.task.generative and self.encoder is not None:
-                self._check_parity(merged, prompts).write(staging)
-            merged.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
-            _move_into(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return saving.merge(self, Path(path), check=check, prompts=prompts)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     merge: bool = False) -> str:
@@ -430,42 +328,39 @@ class ModelRunner:
         Returns the repository URL. The model card goes along either way; the token is only
         handed to huggingface_hub, never written or printed.
         """
-        with tempfile.TemporaryDirectory() as folder:
-            self.save(folder, _repo_id=repo_id)
-            if merge:
-                card = (Path(folder) / "README.md").read_text()
-                shutil.rmtree(folder)
-                self.merge(folder)
-                (Path(folder) / "README.md").write_text(card.replace("library_name: peft", "library_name: transformers"))
-            return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)
+        return saving.push(self, repo_id, private=private, token=token, merge=merge)
 
     # -- internals ---------------------------------------------------------------------------
-    def _check_parity(self, merged, prompts: list[str] | None) -> ParityReport:
-        if prompts:
-            ids = [self.encoder.encode_prompt(_as_conversation(prompt, None)) for prompt in prompts]
-        else:
-            ids = parity_prompts(self.encoder, self.data.validation if self.data is not None else None)
-        report = merge_parity(self.model, merged, self.encoder, ids)
-        print(f"easyllm: {report}")
-        return report
+    def _loading(self) -> ModelLoading:
+        return ModelLoading(self._source, self.settings.method_entry, self.trust_remote_code)
 
-    def _load_model(self, method: str, task_info: dict[str, Any] | None = None):
-        options = {"quantize_4bit": method == "qlora", "trust_remote_code": self.trust_remote_code}
-        if task_info is not None:
-            model = self.task.load_saved(self._source, task_info, **options)
-        else:
-            model = self.task.load_model(self._source, data=self.data, **options)
+    def _model_info(self, saved: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """What a `model_from_data` task's model needs (None: not known yet); {} for every other task."""
+        if not self.task.capabilities.model_from_data:
+            return {}
+        if saved is not None:
+            return saved
+        task = cast(BuildsModelFromData, self.task)
+        return task.saved_info(self.model) if self.model is not None else task.model_info(self._loading(), self.data)
+
+    def _load_model(self, saved_info: dict[str, Any] | None = None):
+        info = self._model_info(saved_info)
+        model = self.task.load_model(self._loading(), info) if info is not None else None
         end_of_turn = self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
         ensure_pad_token(self.tokenizer, model, [t for t in end_of_turn if t is not None])
         if model is not None:
             keep_4bit_weights_trainable(model)  # before any generate() can repack them
         return model
 
+    def _task_metrics(self, model, dataset: Dataset, batch_size: int) -> dict[str, float]:
+        return self.task.evaluate(model, self.tokenizer, dataset, batch_size, self.data_options.max_length)
+
     def _eval_dataset(self, data: DataSource | None) -> tuple[Dataset, str]:
-        """The encoded rows to evaluate on, and where they came from."""
+        """The encoded rows to evaluate on, and where they came from (cut as the training data was)."""
         if data is not None:
-            options = DataOptions(val_size=0, seed=self.seed, keep_references=True)
-            prepared = self.task.prepare(read_source(data), self.encoder, options)
+            options = DataOptions(val_size=0, seed=self.seed, max_length=self.data_options.max_length,
+                                  keep_references=True)
+            prepared = self.task.prepare(read_source(data), self.tokenizer, self.encoder, options)
             return prepared.train, prepared.report.source
         if self.data is not None and self.data.validation is not None:
             return self.data.validation, f"the validation split of {self.data.report.source}"
@@ -474,37 +369,8 @@ class ModelRunner:
             "or pass data=... to evaluate()."
         )
 
-    def _references(self, dataset: Dataset, max_samples: int | None) -> list[Reference]:
-        references = getattr(self.task, "references", None)
-        if references is None:
-            return []
-        if max_samples is not None and max_samples < 1:
-            raise UsageError(f"max_samples={max_samples}: pass a count of at least 1, None for all rows, "
-                             "or generate=False to skip generated replies.")
-        return references(dataset, len(dataset) if max_samples is None else max_samples)
-
-    def _comparison(self, compare: bool | ModelRunner, generate: bool) -> Answerer | None:
-        """Who answers beside this model: its base (adapter off), another runner, or nobody."""
-        if compare is False:
-            return None
-        if compare is True:
-            if not isinstance(self.model, PeftModel):
-                raise UsageError(
-                    "compare=True compares the fine-tuned model with its base by turning the adapter off, but "
-                    f"this model has no adapter (method='{self.settings.method}', or not trained yet). Pass "
-                    "compare=ModelRunner(<base model>) to compare with another model."
-                )
-            return Answerer("base (adapter off)", self.model, self.encoder, self.model.disable_adapter)
-        if not isinstance(compare, ModelRunner):
-            raise UsageError(f"compare={compare!r}: pass True (the base model, adapter off) or another ModelRunner.")
-        if not generate or getattr(self.task, "references", None) is None:
-            reason = "generate=False" if generate is False else f"task '{self.task_name}' has no reference replies"
-            raise UsageError(f"compare=<ModelRunner> compares generated replies, but {reason}: "
-                             "use a chat task (sft) with generate=True.")
-        return Answerer(compare.model_name, compare._require_model(), compare._require_generative())
-
     def _require_generative(self) -> ChatEncoder:
-        if not self.task.generative or self.encoder is None:
+        if not self.task.capabilities.generative or self.encoder is None:
             raise UsageError(f"generate() needs a generative task; task '{self.task_name}' is not one.")
         self._require_model()
         return self.encoder
@@ -515,22 +381,24 @@ class ModelRunner:
         return self.model
 
     def _switch_method(self, method: str) -> None:
-        """QLoRA needs a 4-bit base, the others a full-precision one: reload if needed."""
-        if self.model is None or (method == "qlora") == is_4bit(self.model):
+        """Each method loads its base its own way (4-bit or not): reload if the new one differs."""
+        if self.model is None or get_method(method).matches(self.model):
             return
-        if isinstance(self.model, PeftModel) or self.last_result is not None:
+        if has_adapter(self.model) or self.last_result is not None:
             raise UsageError(
                 f"This model was already trained with method='{self.settings.method}'. To train with "
                 f"method='{method}', start a new ModelRunner."
             )
-        self.model = self._load_model(method)
+        self.settings = TrainSettings(method=method)
+        self.model = self._load_model()
+
+    def _summary(self) -> dict[str, Any]:
+        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
+        return {"model": self.model_name, "task": self.task_name, "method": self.settings.method,
+                "parameters": f"{total:,}", "trainable": f"{trainable:,}"}
 
     def _repr_html_(self) -> str:
-        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
-        rows: dict[str, Any] = {
-            "model": self.model_name, "task": self.task_name, "method": self.settings.method,
-            "parameters": f"{total:,}", "trainable": f"{trainable:,}",
-        }
+        rows = self._summary()
         if self.template is not None:
             rows["template"] = f"{self.template.name} ({self.template.reason})"
         if self.data is not None:
@@ -541,49 +409,7 @@ class ModelRunner:
         return html_table(rows, "ModelRunner")
 
     def __repr__(self) -> str:
-        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
+        rows = self._summary()
         data = f", train={self.data.report.train_examples}" if self.data else ""
-        return (f"ModelRunner(model={self.model_name!r}, task={self.task_name!r}, "
-                f"method={self.settings.method!r}, parameters={total:,}, trainable={trainable:,}{data})")
-
-
-def _longest_example(data: PreparedData) -> int:
-    """Tokens in the longest training example (bounds a step's activations), at most max_length."""
-    if "input_ids" not in data.train.column_names:  # pairs, classification: assume the bound
-        return data.max_length
-    return min(data.max_length, max(len(ids) for ids in data.train["input_ids"]))
-
-
-def _preview_ids(row: dict) -> tuple[list[int], list[int]]:
-    """input_ids and labels; a preference row shows its prompt and first reply (chosen / completion)."""
-    if "input_ids" in row:
-        return row["input_ids"], row["labels"]
-    reply = row.get("chosen_ids", row.get("completion_ids", []))
-    return row["prompt_ids"] + reply, [-100] * len(row["prompt_ids"]) + reply
-
-
-def _as_conversation(prompt: str | list[Message], system: str | None) -> list[Message]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if system is not None and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system}, *messages]
-    return messages
-
-
-def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {prefix + name: value for name, value in metrics.items()}
-
-
-def _portable(model_name: str) -> str:
-    """Local folders are stored as absolute paths so a save can be reloaded from anywhere."""
-    path = Path(model_name).expanduser()
-    return str(path.resolve()) if path.is_dir() else model_name
-
-
-def _move_into(staging: Path, target: Path) -> None:
-    """Move finished files into `target`, the settings file last: its presence marks a complete save."""
-    entries = sorted(staging.iterdir(), key=lambda entry: entry.name == SAVE_INFO_FILE)
-    for entry in entries:
-        destination = target / entry.name
-        if destination.is_dir() and entry.is_dir():
-            shutil.rmtree(destination)
-        os.replace(entry, destination)
+        return (f"ModelRunner(model={rows['model']!r}, task={rows['task']!r}, method={rows['method']!r}, "
+                f"parameters={rows['parameters']}, trainable={rows['trainable']}{data})")

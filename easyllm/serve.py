@@ -203,7 +203,7 @@ def parse_chat_request(body: dict[str, Any]) -> dict[str, Any]:
 def make_server(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
                 handler: type[ChatHandler] = ChatHandler, quiet: bool = False) -> ModelServer:
     """A server bound to host:port (0: any free port), not yet serving; see `server.base_url`."""
-    if runner.encoder is None or not runner.task.generative:
+    if runner.encoder is None or not runner.task.capabilities.generative:
         raise EasyLLMError(f"Only a generative model can be served; task '{runner.task_name}' is not one.")
     return ModelServer((host, port), handler, runner, model_name or runner.model_name, quiet=quiet)
 

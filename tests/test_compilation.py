@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyllm import ModelRunner, compilation
-from easyllm.adapters import make_trainable
-from easyllm.compilation import compiled_layers, decoder_layers, worth_compiling
-from easyllm.config import TrainSettings
-from easyllm.loss import trained_token_loss
+from easyllm import ModelRunner
+from easyllm.methods import make_trainable
+from easyllm.train import compilation
+from easyllm.train.compilation import compiled_layers, decoder_layers, worth_compiling
+from easyllm.train.loss import trained_token_loss
+from easyllm.train.settings import TrainSettings
 
 
 def test_only_runs_long_enough_to_pay_for_compiling_are_compiled():

@@ -21,13 +21,8 @@ from easyllm.data.formats import (
     key_format,
     to_conversations,
 )
-from easyllm.data.loading import (
-    describe_source,
-    iter_records,
-    other_splits,
-    read_source,
-    write_rejects,
-)
+from easyllm.data.loading import describe_source, iter_records, other_splits, read_source
+from easyllm.data.rows import write_rejects
 from easyllm.data.split import train_val_split
 from easyllm.errors import ConfigError, DataError
 
@@ -290,7 +285,7 @@ def test_raise_lists_the_first_problems_and_counts_the_rest():
 
 def test_skip_returns_good_rows_and_rejects_with_reasons(tmp_path):
     result = convert_rows(iter_records(BAD_ROWS), on_bad_rows="skip")
-    assert [c.origin for c in result.conversations] == [f"{BAD_ROWS}:18"]
+    assert [c.origin for c in result.rows] == [f"{BAD_ROWS}:18"]
     assert [(r.origin, r.reason) for r in result.rejects][:1] == [(f"{BAD_ROWS}:1", (
         "roles out of order: message 2 (user) follows another user message; merge the two user "
         "messages or put the assistant reply between them"))]

@@ -13,16 +13,16 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from easyllm import ConfigError, ModelRunner
-from easyllm.config import build_settings
 from easyllm.data.encoding import ChatEncoder
-from easyllm.drift import (
+from easyllm.eval.parity import PARITY_FILE, merge_parity, parity_prompts
+from easyllm.records.drift import (
     TemplateDriftWarning,
     check_template,
     template_differences,
     template_fingerprint,
 )
-from easyllm.parity import PARITY_FILE, merge_parity, parity_prompts
-from easyllm.reproduce import REPRODUCE_FILE, write_reproduction_record
+from easyllm.records.reproduce import REPRODUCE_FILE, write_reproduction_record
+from easyllm.train.settings import build_settings
 
 FAST = {"num_train_epochs": 2, "per_device_train_batch_size": 4, "disable_tqdm": True}
 
@@ -121,9 +121,10 @@ def test_runner_merge_keeps_parity_on_held_out_prompts(tiny_model_dir, chats, tm
 
 def test_a_qlora_adapter_merges_into_its_dequantized_weights(tiny_model_dir, tokenizer, tmp_path):
     from easyllm.adapters import copy_dequantized_weights, keep_4bit_weights_trainable
+    from easyllm.methods import get_method
     from easyllm.modeling import load_causal_lm
 
-    base_4bit = load_causal_lm(str(tiny_model_dir), quantize_4bit=True)
+    base_4bit = load_causal_lm(str(tiny_model_dir), **get_method("qlora").load_options())
     keep_4bit_weights_trainable(base_4bit)
     torch.manual_seed(0)
     adapter = get_peft_model(base_4bit, LoraConfig(r=8, target_modules="all-linear"))

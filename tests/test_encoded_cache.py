@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from easyllm import ModelRunner, encoded_cache
+from easyllm import ModelRunner
+from easyllm.data import encoded_cache
 from easyllm.tasks import sft
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from easyllm import ModelRunner, UsageError
-from easyllm.evaluation import EVALUATION_FILE, EvalResult, Reference, default_max_new_tokens
+from easyllm.eval.evaluation import EVALUATION_FILE, EvalResult, Reference, default_max_new_tokens
 from easyllm.tasks.sft import split_last_reply
 
 REFERENCE = "I am Lumen, an AI assistant."  # every reply in the `chats` fixture

@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
-from easyllm import attention
-from easyllm.attention import (
+from easyllm.data.collator import PaddingCollator
+from easyllm.data.encoding import IGNORE_INDEX, ChatEncoder
+from easyllm.data.packing import PackedCollator, best_fit_decreasing, pack_row
+from easyllm.train import attention
+from easyllm.train.attention import (
     example_spans,
     packed_attention,
     packed_attention_forward,
     supports_packed_attention,
 )
-from easyllm.data.collator import PaddingCollator
-from easyllm.data.encoding import IGNORE_INDEX, ChatEncoder
-from easyllm.data.packing import PackedCollator, best_fit_decreasing, pack_row
-from easyllm.loss import trained_token_loss, trained_token_loss_sum
+from easyllm.train.loss import trained_token_loss, trained_token_loss_sum
 
 
 @pytest.fixture(scope="module")

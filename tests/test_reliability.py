@@ -24,7 +24,10 @@ import torch
 from conftest import REPO
 
 from easyllm import ConfigError, ModelRunner, UsageError
-from easyllm.checkpoints import MANIFEST_FILE, SaveError, latest_checkpoint, make_resumable
+from easyllm.data.collator import PaddingCollator
+from easyllm.errors import SaveError
+from easyllm.train.checkpoints import latest_checkpoint, make_resumable
+from easyllm.train.manifest import MANIFEST_FILE
 
 SCRIPT = REPO / "tests" / "scripts" / "train_tiny.py"
 _spec = importlib.util.spec_from_file_location("train_tiny", SCRIPT)
@@ -237,7 +240,7 @@ def test_unwritable_folders_and_a_full_disk_are_refused_before_training(tiny_mod
     with pytest.raises(ConfigError, match=f"Cannot write to {blocker / 'run'}: .*Pass output_dir="):
         runner.train(output_dir=str(blocker / "run"), max_steps=1)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("easyllm.checkpoints.shutil.disk_usage", lambda _: usage._replace(free=10_000))
+    monkeypatch.setattr("easyllm.train.run_folder.shutil.disk_usage", lambda _: usage._replace(free=10_000))
     with pytest.raises(ConfigError, match=r"Not enough disk space .*about 6\d MiB .*0 MiB are free.*"
                                           r"save_total_limit=1"):
         runner.train(output_dir=str(tmp_path / "run"), max_steps=1)
@@ -269,7 +272,7 @@ def test_any_trainer_gets_atomic_checkpoints(tiny_model_dir, tmp_path):
     """TRL's trainers (DPO, KTO, ...) get the same checkpoints through make_resumable, as the runner does."""
     from transformers import Trainer, TrainingArguments
 
-    from easyllm.checkpoints import ResumableMixin
+    from easyllm.train.checkpoints import ResumableMixin
 
     runner = _runner(tiny_model_dir)
 
@@ -280,7 +283,7 @@ def test_any_trainer_gets_atomic_checkpoints(tiny_model_dir, tmp_path):
     args = TrainingArguments(str(tmp_path), max_steps=2, save_strategy="steps", save_steps=1, save_total_limit=1,
                              report_to="none", per_device_train_batch_size=2, remove_unused_columns=False)
     trainer = make_resumable(TaskTrainer(model=runner.model, args=args, train_dataset=runner.data.train,
-                                         data_collator=runner.task.collator(runner.tokenizer)), {"task": "test"})
+                                         data_collator=PaddingCollator(runner.tokenizer.pad_token_id)), {"task": "test"})
     assert isinstance(trainer, ResumableMixin) and type(trainer).__name__ == "TaskTrainer"
     trainer.train()
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]

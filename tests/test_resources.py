@@ -12,14 +12,14 @@ import torch
 from transformers import LlamaConfig
 
 from easyllm import ModelRunner
-from easyllm.config import TrainSettings
-from easyllm.resources import (
+from easyllm.train.resources import (
     activation_bytes,
     cpu_bf16_speedup,
     free_memory_bytes,
     needs_gradient_checkpointing,
     prefers_bf16,
 )
+from easyllm.train.settings import TrainSettings
 
 SMALL = LlamaConfig(hidden_size=576, num_hidden_layers=30)
 
@@ -27,15 +27,15 @@ SMALL = LlamaConfig(hidden_size=576, num_hidden_layers=30)
 def test_checkpointing_follows_free_memory(monkeypatch):
     cpu = torch.device("cpu")
     need = activation_bytes(SMALL, 8 * 512)
-    monkeypatch.setattr("easyllm.resources.free_memory_bytes", lambda device: need * 10)
+    monkeypatch.setattr("easyllm.train.resources.free_memory_bytes", lambda device: need * 10)
     assert not needs_gradient_checkpointing(SMALL, 8 * 512, cpu)
-    monkeypatch.setattr("easyllm.resources.free_memory_bytes", lambda device: need)
+    monkeypatch.setattr("easyllm.train.resources.free_memory_bytes", lambda device: need)
     assert needs_gradient_checkpointing(SMALL, 8 * 512, cpu)
 
 
 def test_training_arguments_decide_and_the_user_overrides(monkeypatch, tmp_path):
-    monkeypatch.setattr("easyllm.resources.free_memory_bytes", lambda device: 1)  # no memory at all
-    args = TrainSettings().training_arguments(str(tmp_path), 0, False, model_config=SMALL, max_length=512)
+    monkeypatch.setattr("easyllm.train.resources.free_memory_bytes", lambda device: 1)  # no memory at all
+    args = TrainSettings().training_arguments(str(tmp_path), 0, False, model_config=SMALL, longest_example=512)
     assert args.gradient_checkpointing
     forced = TrainSettings(trainer_args={"gradient_checkpointing": False})
     assert not forced.training_arguments(str(tmp_path), 0, False, model_config=SMALL).gradient_checkpointing
@@ -51,7 +51,7 @@ def test_cpu_trains_in_fp32_by_default(tmp_path):
 @pytest.mark.parametrize(("speedup", "expected"), [(3.8, True), (1.1, False), (0.5, False)])
 def test_the_cpu_trains_in_bf16_where_its_bf16_matmuls_are_fast(monkeypatch, tmp_path, speedup, expected):
     # 3.8: measured on a Xeon with AMX; 0.5: one with AVX512-BF16 only (bf16 half the fp32 rate)
-    monkeypatch.setattr("easyllm.resources.cpu_bf16_speedup", lambda: speedup)
+    monkeypatch.setattr("easyllm.train.resources.cpu_bf16_speedup", lambda: speedup)
     assert prefers_bf16(torch.device("cpu")) is expected
     args = TrainSettings().training_arguments(str(tmp_path), 0, False)
     assert args.bf16 is expected
@@ -94,7 +94,7 @@ def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(tiny_model_d
 _MMAP_PROBE = """
 import ctypes, json, sys
 import torch
-from easyllm.resources import release_freed_activations
+from easyllm.train.resources import release_freed_activations
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

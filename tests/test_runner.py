@@ -10,6 +10,7 @@ import yaml
 from peft import PeftModel
 
 from easyllm import ConfigError, ModelRunner, UsageError
+from easyllm.data.collator import PaddingCollator
 
 FAST = {"num_train_epochs": 2, "per_device_train_batch_size": 4, "disable_tqdm": True}
 
@@ -149,13 +150,13 @@ def _adapter_gradients(runner: ModelRunner) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)  # same LoRA dropout masks each time
     runner.model.train()
     runner.model.zero_grad()
-    batch = runner.task.collator(runner.tokenizer)([runner.data.train[i] for i in range(4)])
+    batch = PaddingCollator(runner.tokenizer.pad_token_id)([runner.data.train[i] for i in range(4)])
     runner.model(**batch).loss.backward()
     return {n: p.grad.clone() for n, p in runner.model.named_parameters() if p.grad is not None}
 
 
 def _qlora_runner(model_dir, chats, generate: bool) -> ModelRunner:
-    from easyllm.adapters import make_trainable
+    from easyllm.methods import make_trainable
 
     runner = ModelRunner(str(model_dir), method="qlora")
     runner.load_data(chats, val_size=0)
@@ -237,7 +238,7 @@ def test_runner_says_which_template_and_why(tiny_model_dir, chats):
 
 
 def test_generation_drops_an_empty_reasoning_block():
-    from easyllm.generation import _EMPTY_THINK
+    from easyllm.eval.generation import _EMPTY_THINK
 
     assert _EMPTY_THINK.sub("", "<think>\n\n</think>\n\nI am Lumen.") == "I am Lumen."
     assert _EMPTY_THINK.sub("", "<think>plan</think> ok") == "<think>plan</think> ok"
@@ -251,7 +252,7 @@ def test_stream_yields_the_same_text_as_generate(runner, tmp_path):
 
 
 def test_stop_strings_reach_generate_and_cut_the_reply(runner):
-    from easyllm.generation import _cut_at_stop, _generation_kwargs
+    from easyllm.eval.generation import _cut_at_stop, _generation_kwargs
 
     kwargs = _generation_kwargs(runner.encoder, 8, ["###"], {"temperature": 0.7})
     assert kwargs["stop_strings"] == ["###"] and kwargs["tokenizer"] is runner.tokenizer
@@ -268,7 +269,7 @@ def test_merge_writes_plain_weights_that_answer_like_the_adapter(runner, tmp_pat
     runner.merge(tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
-    batch = runner.task.collator(runner.tokenizer)([runner.data.train[i] for i in range(2)])
+    batch = PaddingCollator(runner.tokenizer.pad_token_id)([runner.data.train[i] for i in range(2)])
     batch.pop("labels")
     runner.model.eval()
     with torch.no_grad():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from easyllm.data.encoding import ChatEncoder
-from easyllm.tasks.sft import fit_to_length
+from easyllm.data.truncation import fit_conversation as fit_to_length
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 

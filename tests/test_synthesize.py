@@ -20,7 +20,7 @@ from conftest import REPO
 
 from easyllm import ConfigError, DataError, Endpoint, ModelRunner, synthesize
 from easyllm.cli import main
-from easyllm.generation import Reply
+from easyllm.eval.generation import Reply
 from easyllm.serve import ChatHandler, serve_in_background
 from easyllm.synthesis import TeacherError
 from easyllm.synthesis.inputs import job_key
@@ -301,7 +301,7 @@ def test_an_endpoint_that_keeps_failing_stops_the_run_and_a_rerun_resumes(teache
 
 def test_endpoint_without_the_openai_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "openai", None)
-    with pytest.raises(ImportError, match=r'pip install "easyllm\[teacher\]"'):
+    with pytest.raises(ImportError, match=r'pip install "easyllm-sdk\[teacher\]"'):
         Endpoint("m", base_url="http://127.0.0.1:9/v1").client()
 
 

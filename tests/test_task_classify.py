@@ -13,18 +13,19 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from easyllm import ConfigError, DataError, ModelRunner, UsageError
-from easyllm.adapters import make_trainable
-from easyllm.config import TrainSettings
 from easyllm.data.loading import read_source
 from easyllm.data.split import train_val_split
-from easyllm.metrics import (
+from easyllm.eval.metrics import (
     ClassificationReport,
     accuracy,
     confusion_matrix,
     macro_f1,
     precision_recall_f1,
 )
+from easyllm.methods import get_method, make_trainable
 from easyllm.tasks import TASKS, DataOptions, classify
+from easyllm.tasks.base import ModelLoading
+from easyllm.train.settings import TrainSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classify"
 INTENTS = Path(__file__).resolve().parents[1] / "examples" / "data" / "intents.jsonl"
@@ -66,7 +67,13 @@ def bert_dir(tmp_path_factory) -> Path:
 
 
 def prepare(source, **options):
-    return TASK.prepare(read_source(source), None, DataOptions(**options))
+    return TASK.prepare(read_source(source), build_bert_tokenizer(), None, DataOptions(**options))
+
+
+def load_for(source, data):
+    """The classifier `source` becomes for `data`'s labels, as the runner builds it (method "lora")."""
+    loading = ModelLoading(str(source), get_method("lora"))
+    return TASK.load_model(loading, TASK.model_info(loading, data))
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -134,7 +141,7 @@ def test_a_label_only_in_the_validation_split_is_reported():
 def test_a_single_label_cannot_make_a_classifier(bert_dir):
     data = prepare([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], val_size=0)
     with pytest.raises(DataError, match="at least two labels"):
-        TASK.load_model(str(bert_dir), quantize_4bit=False, trust_remote_code=False, data=data)
+        load_for(bert_dir, data)
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -167,10 +174,10 @@ def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batc
                                                                   "label": "y"})
     tokenizer = build_bert_tokenizer()
     torch.manual_seed(0)
-    model = TASK.load_model(str(bert_dir), quantize_4bit=False, trust_remote_code=False, data=data)
+    model = load_for(bert_dir, data)
     assert model.config.id2label == {0: 0, 1: 1}
     settings = TrainSettings()
-    model = make_trainable(model, settings, task_type=TASK.peft_task_type)
+    model = make_trainable(model, settings, task_type=TASK.capabilities.peft_task_type)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = TrainSettings(trainer_args={**FAST, "learning_rate": 1e-2}).training_arguments(str(tmp_path), 0, True)
     trainer = TASK.build_trainer(model, tokenizer, data, args, settings)
@@ -186,14 +193,14 @@ def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batc
     assert any("lora_B" in n for n in changed)
     assert {"base_model.model.classifier.modules_to_save.default.weight",
             "base_model.model.classifier.modules_to_save.default.bias"} <= changed
-    metrics = TASK.evaluate(model, tokenizer, data.validation, batch_size=3)
+    metrics = TASK.evaluate(model, tokenizer, data.validation, 3, 1024)
     assert metrics["eval_examples"] == 4 and 0 <= metrics["accuracy"] <= 1
     assert sum(v for k, v in metrics.items() if k.startswith("confusion/")) == 4
 
 
 def test_predict_returns_labels_or_labels_with_probabilities(bert_dir):
     data = prepare(FIXTURES / "reviews.jsonl", val_size=0)
-    model = TASK.load_model(str(bert_dir), quantize_4bit=False, trust_remote_code=False, data=data)
+    model = load_for(bert_dir, data)
     tokenizer = build_bert_tokenizer()
     texts = ["the film was great", "the meal was awful and the service was poor", "nice"]
     labels = classify.predict(model, tokenizer, texts, batch_size=2)
@@ -210,11 +217,10 @@ def test_predict_returns_labels_or_labels_with_probabilities(bert_dir):
 
 
 def test_evaluate_names_rows_whose_label_the_model_does_not_know(bert_dir):
-    model = TASK.load_model(str(bert_dir), quantize_4bit=False, trust_remote_code=False,
-                            data=prepare(FIXTURES / "reviews.jsonl", val_size=0))
+    model = load_for(bert_dir, prepare(FIXTURES / "reviews.jsonl", val_size=0))
     other = prepare([{"text": "so so", "label": "meh"}, {"text": "great", "label": "pos"}], val_size=0)
     with pytest.raises(DataError, match=r"(?s)data\[0\]: label 'meh' is not one.*knows the labels \['neg', 'pos'\]"):
-        TASK.evaluate(model, build_bert_tokenizer(), other.train, batch_size=2)
+        TASK.evaluate(model, build_bert_tokenizer(), other.train, 2, 1024)
 
 
 # -- through the runner ----------------------------------------------------------------------
@@ -239,6 +245,23 @@ def test_decoder_lora_classifier_trains_and_its_labels_and_head_round_trip(tiny_
         assert after == pytest.approx(before, abs=1e-5)
     merged = ModelRunner(again.merge(tmp_path / "merged"), task="classify")  # a plain classifier folder
     assert [label for label, _ in merged.predict(texts, return_scores=True)] == [label for label, _ in expected]
+
+
+def test_a_reloaded_classifier_cuts_texts_at_the_training_max_length(tiny_model_dir, tmp_path):
+    """The defect: predict() after load() cut at the model's limit, not the max_length trained with."""
+    runner = ModelRunner(str(tiny_model_dir), task="classify")
+    runner.load_data(FIXTURES / "reviews.jsonl", val_size=0, max_length=6)
+    runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-2, **FAST)
+    assert json.loads((tmp_path / "run" / "easyllm.json").read_text())["max_length"] == 6
+    again = ModelRunner.load(tmp_path / "run")
+    long_text = ["the film was great and the hotel was awful and the meal was nice " * 3]
+    (_, reloaded), = again.predict(long_text, return_scores=True)
+    (_, at_six), = classify.predict(again.model, again.tokenizer, long_text, max_length=6, return_scores=True)
+    (_, whole), = classify.predict(again.model, again.tokenizer, long_text, max_length=512, return_scores=True)
+    assert reloaded == pytest.approx(at_six, abs=1e-6)
+    assert reloaded != pytest.approx(whole, abs=1e-6)  # the cut matters for this text
+    rows = [{"text": long_text[0], "label": "pos"}]
+    assert again.evaluate(rows)["eval_examples"] == 1  # evaluation data is cut the same way
 
 
 def test_qlora_trains_adapters_and_a_full_precision_head_on_a_4bit_decoder(tiny_model_dir, tmp_path):
@@ -293,8 +316,8 @@ def test_minilm_learns_the_intents(tmp_path):
     runner = ModelRunner(str(minilm_dir()), task="classify")
     runner.load_data(INTENTS, val_size=0.25, max_length=48)
     torch.manual_seed(0)
-    untrained = TASK.load_model(str(minilm_dir()), quantize_4bit=False, trust_remote_code=False, data=runner.data)
-    before = TASK.evaluate(untrained, runner.tokenizer, runner.data.validation, batch_size=32)["accuracy"]
+    untrained = load_for(minilm_dir(), runner.data)
+    before = TASK.evaluate(untrained, runner.tokenizer, runner.data.validation, 32, 48)["accuracy"]
     # One evaluation at the end (not per epoch) and a LoRA rate suited to a small encoder: 30 steps.
     result = runner.train(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=16,
                           learning_rate=2e-3, eval_strategy="no", disable_tqdm=True)

@@ -36,7 +36,7 @@ def learnable_pairs(count: int = 16) -> list[dict]:
 def test_every_pair_shape_becomes_two_whole_conversations(tiny_model_dir):
     runner = ModelRunner(str(tiny_model_dir), task="rm")
     records = read_source(FIXTURES / "pairs.jsonl") + read_source(FIXTURES / "sharegpt_pairs.json")
-    data = runner.task.prepare(records, runner.encoder, DataOptions(val_size=0))
+    data = runner.task.prepare(records, runner.tokenizer, runner.encoder, DataOptions(val_size=0))
     render = lambda messages: runner.tokenizer.apply_chat_template(messages, tokenize=False)
     decoded = [(runner.tokenizer.decode(row["chosen_ids"]), runner.tokenizer.decode(row["rejected_ids"]))
                for row in data.train]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from easyllm.text_metrics import (
+from easyllm.eval.text_metrics import (
     corpus_bleu,
     exact_match,
     normalize_answer,

@@ -12,17 +12,16 @@ Problems name a message by its position in the conversation, counting from 1.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..registry import Registry
-from .loading import Record, Reject, RowProblem, source_name, summarize_problems
+from .loading import Record
+from .rows import OnBadRows, ParsedRows, Reject, RowProblem, parse_rows
 
 Message = dict[str, Any]
-OnBadRows = Literal["raise", "skip"]
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool"}
@@ -69,12 +68,12 @@ def register_format(name: str, required: tuple[str, ...], optional: tuple[str, .
 
 @register_format("messages", ("messages",))
 def _messages(row: Mapping[str, Any]) -> list[Message]:
-    return [_copy(message) for message in _json_list(row, "messages", "{role, content} objects")]
+    return [_copy(message) for message in json_list(row, "messages", "{role, content} objects")]
 
 
 @register_format("sharegpt", ("conversations",))
 def _sharegpt(row: Mapping[str, Any]) -> list[Message]:
-    turns = _json_list(row, "conversations", "{from, value} objects")
+    turns = json_list(row, "conversations", "{from, value} objects")
     return _with_system(row, [_sharegpt_message(turn, n) for n, turn in enumerate(turns, 1)])
 
 
@@ -141,58 +140,24 @@ class Conversation:
     tools: list[dict[str, Any]] | None = None
 
 
-@dataclass
-class Converted:
-    """What `convert_rows` made of the rows: the usable conversations and the rejected rows."""
-
-    conversations: list[Conversation]
-    rejects: list[Reject]
-
-    @property
-    def rows(self) -> int:
-        return len(self.conversations) + len(self.rejects)
-
-    def summary(self) -> str:
-        """E.g. "skipped 3 of 100 rows: 2 roles out of order, 1 unreadable row"."""
-        if not self.rejects:
-            return f"all {self.rows} rows usable"
-        kinds = Counter(reject.kind for reject in self.rejects)
-        reasons = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-        return f"skipped {len(self.rejects)} of {self.rows} rows: {reasons}"
-
-
 def convert_rows(
     records: Iterable[Record],
     row_format: RowFormat | None = None,
     *,
     on_bad_rows: OnBadRows = "raise",
-) -> Converted:
+) -> ParsedRows[Conversation]:
     """Normalize and validate every row; bad rows raise one DataError, or come back as rejects.
 
     >>> result = convert_rows(iter_records("chats.jsonl"), on_bad_rows="skip")
     >>> write_rejects(result.rejects, "rejects.jsonl"); print(result.summary())
     """
-    if on_bad_rows not in ("raise", "skip"):
-        raise ConfigError(f"on_bad_rows={on_bad_rows!r}: choose 'raise' or 'skip'")
-    result = Converted([], [])
-    sources: dict[str, None] = {}  # ordered set
-    for item in iter_conversations(records, row_format):
-        sources.setdefault(source_name(item.origin))
-        (result.conversations if isinstance(item, Conversation) else result.rejects).append(item)
-    if result.rejects and on_bad_rows == "raise":
-        problems = [f"{reject.origin}: {reject.reason}" for reject in result.rejects]
-        names = list(sources)
-        more = ", ..." if len(names) > 3 else ""
-        where = names[0] if len(names) == 1 else f"{len(names)} files ({', '.join(names[:3])}{more})"
-        raise DataError(summarize_problems(problems, where) + "\nFix these rows, or pass "
-                        "on_bad_rows='skip' to train on the rest and get the rejected rows back.")
-    return result
+    return parse_rows(records, lambda record: convert_record(record, row_format), on_bad_rows)
 
 
 def to_conversations(records: Iterable[Record], row_format: RowFormat | None = None
                      ) -> list[Conversation]:
     """Every row as a conversation, or one DataError listing the bad rows (see `convert_rows`)."""
-    return convert_rows(records, row_format).conversations
+    return convert_rows(records, row_format).rows
 
 
 def iter_conversations(records: Iterable[Record], row_format: RowFormat | None = None
@@ -312,7 +277,7 @@ def _turns(value: Any, role: str, train: bool = True) -> list[Any]:
     return messages
 
 
-def _json_list(row: Mapping[str, Any], key: str, of: str) -> list[Any]:
+def json_list(row: Mapping[str, Any], key: str, of: str) -> list[Any]:
     """`row[key]` as a list; a JSON string of a list (as in a CSV cell) is parsed."""
     value = row.get(key)
     if isinstance(value, str) and value.lstrip().startswith("["):
@@ -341,7 +306,7 @@ def _sharegpt_message(turn: Any, n: int) -> Any:
 def _history(row: Mapping[str, Any]) -> list[Any]:
     if not row.get("history"):
         return []
-    pairs = _json_list(row, "history", "[user, assistant] pairs")
+    pairs = json_list(row, "history", "[user, assistant] pairs")
     for n, pair in enumerate(pairs, 1):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise RowProblem("wrong type", f"history entry {n} must be a [user, assistant] pair, "
@@ -352,7 +317,7 @@ def _history(row: Mapping[str, Any]) -> list[Any]:
 def _tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     if not row.get("tools"):
         return None
-    tools = _json_list(row, "tools", "tool definitions (or a JSON string of that list)")
+    tools = json_list(row, "tools", "tool definitions (or a JSON string of that list)")
     if not all(isinstance(tool, Mapping) for tool in tools):
         raise RowProblem("wrong type", "'tools' must hold one object per tool, e.g. "
                          "{'name': ..., 'description': ..., 'parameters': {...}}")

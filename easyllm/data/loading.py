@@ -203,11 +203,6 @@ def read_source(source: DataSource) -> list[Record]:
     return list(iter_records(source))
 
 
-def read_file(path: Path) -> list[Record]:
-    """Every row of one file."""
-    return read_source(path)
-
-
 def describe_source(source: DataSource) -> str:
     """Say what `iter_records(source)` reads, e.g. which files of a folder or which split."""
     if isinstance(source, (str, Path)):
@@ -245,52 +240,6 @@ def folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
             f"(found: {', '.join(p.name for p in files) or 'nothing'})."
         )
     return used, [p for p in files if p not in used]
-
-
-# -- rows left out -------------------------------------------------------------------------------
-class RowProblem(ValueError):
-    """Why one row cannot be used; `kind` groups rejects in a summary."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class Reject:
-    """A row left out: where it came from, why, and the row as read (so it can be fixed)."""
-
-    origin: str
-    reason: str
-    row: Any
-    kind: str = "invalid row"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"origin": self.origin, "reason": self.reason, "row": self.row}
-
-
-def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
-    """Write one JSON object per reject ({"origin", "reason", "row"}), to fix and load again."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(json.dumps(reject.to_json(), ensure_ascii=False, default=str) + "\n")
-    return path
-
-
-def summarize_problems(problems: list[str], where: object, shown: int = 10) -> str:
-    """One message listing the first problems and counting the rest."""
-    head = "\n  ".join(problems[:shown])
-    rest = len(problems) - shown
-    more = f"\n  ... and {rest} more problem(s)" if rest > 0 else ""
-    return f"{len(problems)} problem(s) in the data from {where}:\n  {head}{more}"
-
-
-def source_name(origin: str) -> str:
-    """The file, list or dataset an origin names: `a.jsonl` from `a.jsonl:3`, `x` from `x[2]`."""
-    head = origin.split("[", 1)[0]
-    name, _, line = head.rpartition(":")
-    return name if name and line.isdigit() else head
 
 
 # -- internals -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..generation import SAMPLING_KEYS, Reply
+from ..eval.generation import SAMPLING_KEYS, Reply
 from .filters import AnswerFilter, Keep
 from .inputs import Inputs, Job, make_jobs, read_prompts
 from .store import AnswerLog, sibling

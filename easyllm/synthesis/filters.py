@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..generation import Reply
+from ..eval.generation import Reply
 
 Keep = Callable[[str, str], bool]  # (prompt, answer) -> keep it?
 _SPACE = re.compile(r"\s+")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.loading import Record, iter_records, summarize_problems
+from ..data.loading import Record, iter_records
+from ..data.rows import summarize_problems
 from ..errors import DataError
 
 PROMPT_COLUMNS = ("prompt", "instruction", "input", "question", "text")

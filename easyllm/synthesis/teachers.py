@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..data.formats import Message
 from ..errors import ConfigError, EasyLLMError
-from ..generation import Reply
+from ..eval.generation import Reply
 
 if TYPE_CHECKING:
     from ..runner import ModelRunner
@@ -121,7 +121,7 @@ class Endpoint:
             try:
                 import openai
             except ImportError:
-                raise ImportError('An endpoint teacher needs the openai client: pip install "easyllm[teacher]"'
+                raise ImportError('An endpoint teacher needs the openai client: pip install "easyllm-sdk[teacher]"'
                                   ) from None
             # Local servers (vLLM, llama.cpp, Ollama) accept any key; "EMPTY" is their convention.
             self._client = openai.OpenAI(

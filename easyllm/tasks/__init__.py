@@ -4,6 +4,8 @@ from . import sft  # noqa: F401  (registers "sft"; first, so it is listed first)
 from . import classify  # noqa: F401  (registers "classify")
 from . import dpo, kto, orpo  # noqa: F401  (register "dpo", "kto", "orpo")
 from . import pt, rm  # noqa: F401  (register "pt", "rm")
-from .base import TASKS, DataOptions, DataReport, PreparedData, Task, register_task
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from .base import TASKS, Capabilities, ModelLoading, Task, register_task
 
-__all__ = ["TASKS", "DataOptions", "DataReport", "PreparedData", "Task", "register_task"]
+__all__ = ["TASKS", "Capabilities", "DataOptions", "DataReport", "ModelLoading", "PreparedData", "Task",
+           "register_task"]

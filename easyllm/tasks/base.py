@@ -1,132 +1,88 @@
-"""What a task strategy is: how rows become model inputs, and how they are batched."""
+"""What a task strategy is: how rows become model inputs, which model and trainer, which metrics.
+
+A task declares what it can do in `capabilities`; the runner reads the declaration and never
+probes for methods. Optional abilities are separate protocols (`Predicts`, `Scores`,
+`HasReferences`, `BuildsModelFromData`), each promised by one capability flag.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from ..data.control_tokens import ControlTokenPolicy
-from ..data.encoding import ChatEncoder, TrainOn
-from ..data.formats import OnBadRows
-from ..data.loading import Record, Reject
+from ..data.encoding import ChatEncoder
+from ..data.loading import Record
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.rows import Reject
+from ..data.split import train_val_split
+from ..data.truncation import Truncation
+from ..errors import DataError
+from ..methods import Method
 from ..registry import Registry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class DataOptions:
-    """How `load_data` reads and splits rows (see `ModelRunner.load_data`)."""
+class Capabilities:
+    """What a task declares about itself; the runner decides from this alone.
 
-    val_size: float | int = 0.1
-    seed: int = 42
-    max_length: int = 1024
-    input_key: str | None = None
-    output_key: str | None = None
-    columns: dict[str, str] | None = None
-    on_bad_rows: OnBadRows = "raise"
-    train_on: TrainOn = "assistant"
-    on_control_tokens: ControlTokenPolicy = "text"
-    keep_references: bool = False  # generative tasks: the train split, too, keeps prompts and reference replies
+    `peft_task_type`: the LoraConfig task type ("CAUSAL_LM", "SEQ_CLS"). `chat_template`: rows
+    are rendered with the chat template. `generative`: `generate()` makes sense. The rest each
+    promise one protocol: `references` -> HasReferences (evaluate() generates and scores
+    replies), `predicts` -> Predicts, `scores` -> Scores, `model_from_data` ->
+    BuildsModelFromData (the model's shape comes from the data, e.g. its labels).
+    `previews`: encoded rows hold `input_ids`/`labels` or `prompt_ids` plus one reply, which
+    `runner.preview()` shows through `Task.preview_ids`.
+    """
+
+    peft_task_type: str = "CAUSAL_LM"
+    chat_template: bool = True
+    generative: bool = True
+    references: bool = False
+    predicts: bool = False
+    scores: bool = False
+    model_from_data: bool = False
+    previews: bool = False
+    truncation: Truncation | None = None  # how examples are fitted into max_length (data/truncation.py)
 
 
-@dataclass
-class DataReport:
-    """What happened to the user's rows: nothing is dropped without being counted here."""
+@dataclass(frozen=True)
+class ModelLoading:
+    """How the runner asks for a model: from where, loaded by which method, with remote code or not."""
 
     source: str
-    rows: int
-    formats: dict[str, int]
-    rejected: str = ""  # summary of rows skipped with on_bad_rows="skip"
-    template: str = ""  # which chat template rendered the rows, and why
-    train_examples: int = 0
-    val_examples: int = 0
-    truncated: int = 0
-    truncated_trained_tokens: int = 0  # reply tokens lost to max_length
-    dropped: list[str] = field(default_factory=list)  # "origin: reason"
-    control_token_rows: list[str] = field(default_factory=list)  # "origin: what was found"
-    control_token_policy: str = "text"
-    trained_tokens: int = 0
-    total_tokens: int = 0
-    lengths: list[int] = field(default_factory=list, repr=False)
-    unterminated_replies: int = 0  # trained replies whose end-of-turn token is not trained
+    method: Method
+    trust_remote_code: bool = False
 
-    def _repr_html_(self) -> str:
-        from ..notebook import html_table
-
-        lines = str(self).splitlines()
-        return html_table({line.split(":")[0].strip(): line.split(":", 1)[1].strip() if ":" in line else ""
-                           for line in lines[1:]}, lines[0])
-
-    def length_percentiles(self) -> dict[str, int]:
-        ordered = sorted(self.lengths)
-        if not ordered:
-            return {}
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
-
-    def __str__(self) -> str:
-        formats = ", ".join(f"{name} ({count})" for name, count in self.formats.items())
-        share = self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
-        lines = [
-            f"Read {self.rows} rows from {self.source} [{formats}]",
-            *([f"  {self.rejected} (written to rejects.jsonl in the run folder)"] if self.rejected else []),
-            *([f"  template: {self.template}"] if self.template else []),
-            f"  train: {self.train_examples} examples, validation: {self.val_examples}",
-            f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%}); lengths "
-            + " ".join(f"{k}={v}" for k, v in self.length_percentiles().items()),
-        ]
-        if self.unterminated_replies:
-            lines.append(f"  WARNING: {self.unterminated_replies} trained repl(ies) lack their end-of-turn "
-                         "token (cut by max_length): the model does not learn to stop there")
-        else:
-            lines.append("  every trained reply ends with its end-of-turn token")
-        if self.truncated:
-            lines.append(f"  truncated to max_length: {self.truncated} example(s), "
-                         f"{self.truncated_trained_tokens} reply token(s) lost")
-        if self.control_token_rows:
-            lines.append(f"  {len(self.control_token_rows)} row(s) contain control-token strings "
-                         f"(on_control_tokens={self.control_token_policy!r}): "
-                         + "; ".join(self.control_token_rows[:3]))
-        if self.dropped:
-            lines.append(f"  skipped {len(self.dropped)} example(s): " + "; ".join(self.dropped[:5]))
-        return "\n".join(lines)
-
-
-@dataclass
-class PreparedData:
-    train: Dataset
-    validation: Dataset | None
-    report: DataReport
-    max_length: int = 1024  # the longest an example may be; packed rows hold up to this many tokens
-    rejects: list[Reject] = field(default_factory=list)  # rows skipped with on_bad_rows="skip"
+    def options(self, keep_full_precision: Sequence[str] = ()) -> dict[str, Any]:
+        """`from_pretrained` keyword arguments (the method's dtype or 4-bit config, remote code)."""
+        return {**self.method.load_options(keep_full_precision), "trust_remote_code": self.trust_remote_code}
 
 
 class Task(Protocol):
-    """A task strategy: how rows become model inputs, which model and trainer, which metrics.
+    """A task strategy. Register one with `register_task(name, task)`; `ModelRunner(task=name)` uses it.
 
-    Register one with `register_task(name, task)`; `ModelRunner(task=name)` then uses it.
-    Helpers shared by causal-LM tasks live in `easyllm.tasks.causal`.
-
-    Optional hooks, looked up by name: `references(dataset, limit) -> list[evaluation.Reference]`
-    (generative tasks: the prompts and reference replies `evaluate()` generates from and scores
-    against), `predict` (classify) and `score` (rm).
+    Helpers shared by causal-LM tasks live in `easyllm.tasks.causal`; `split_rows` and
+    `finish_prepared` are the shared skeleton of `prepare`.
     """
 
     name: str
-    peft_task_type: str  # LoraConfig task_type: "CAUSAL_LM", "SEQ_CLS", ...
-    uses_chat_template: bool  # whether rows are rendered with the chat template
-    generative: bool  # whether runner.generate() makes sense for this task's model
+    capabilities: Capabilities
 
-    def load_model(
-        self, source: str, *, quantize_4bit: bool, trust_remote_code: bool, data: PreparedData | None
-    ) -> PreTrainedModel | None:
-        """The model to train; None if it can only be built once the data is known."""
+    def load_model(self, loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
+        """The model to train. `info`: what a `model_from_data` task needs (else empty)."""
         ...
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder | None, options: DataOptions) -> PreparedData:
-        """Validate and encode rows; split off validation rows. Raise DataError naming bad rows."""
+    def prepare(
+        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder | None,
+        options: DataOptions,
+    ) -> PreparedData:
+        """Validate and encode rows (cut to options.max_length by data/truncation.py); split off validation."""
         ...
 
     def build_trainer(
@@ -137,9 +93,48 @@ class Task(Protocol):
         ...
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        max_length: int,
     ) -> dict[str, float]:
-        """Held-out metrics on an encoded dataset."""
+        """Held-out metrics on an encoded dataset (`max_length`: what the model was trained at)."""
+        ...
+
+
+class HasReferences(Protocol):
+    """capabilities.references: prompts and reference replies evaluate() generates from and scores."""
+
+    def references(self, dataset: Dataset, limit: int) -> list[Any]: ...
+
+
+class Previews(Protocol):
+    """capabilities.previews: the ids and labels `runner.preview()` shows for one encoded row."""
+
+    def preview_ids(self, row: Mapping[str, Any]) -> tuple[list[int], list[int]]: ...
+
+
+class Predicts(Protocol):
+    """capabilities.predicts: a label per text (`runner.predict`)."""
+
+    def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Any], *,
+                max_length: int, batch_size: int, return_scores: bool) -> list[Any]: ...
+
+
+class Scores(Protocol):
+    """capabilities.scores: a reward per reply or conversation (`runner.score`)."""
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+              items: Sequence[Any], batch_size: int = 8) -> list[float]: ...
+
+
+class BuildsModelFromData(Protocol):
+    """capabilities.model_from_data: the model's shape comes from the data (classify: its labels)."""
+
+    def model_info(self, loading: ModelLoading, data: PreparedData | None) -> dict[str, Any] | None:
+        """What `load_model` needs, from the data or from a checkpoint that has it; None: not known yet."""
+        ...
+
+    def saved_info(self, model: PreTrainedModel) -> dict[str, Any]:
+        """What a save must remember to rebuild the model without the data."""
         ...
 
 
@@ -149,3 +144,21 @@ TASKS: Registry[Task] = Registry("task")
 def register_task(name: str, task: Task, *, replace: bool = False) -> Task:
     """Make `task` available as `ModelRunner(task=name)`."""
     return TASKS.register(name, task, replace=replace)
+
+
+# -- the shared skeleton of prepare(): split, encode each split, check, count ----------------------
+def split_rows(rows: list[T], options: DataOptions) -> tuple[list[T], list[T]]:
+    """The deterministic train / validation split of `rows` (options.val_size, options.seed)."""
+    return train_val_split(rows, options.val_size, options.seed)
+
+
+def finish_prepared(
+    train: Dataset, validation: Dataset | None, report: DataReport, options: DataOptions,
+    rejects: list[Reject], *, longest_example: int, nothing_left: str = "No trainable example is left",
+) -> PreparedData:
+    """The PreparedData of encoded splits; a DataError (with the report) if nothing is left to train on."""
+    if len(train) == 0:
+        raise DataError(f"{nothing_left} in {report.source}:\n{report}")
+    report.train_examples, report.val_examples = len(train), len(validation or [])
+    return PreparedData(train, validation, report, options.max_length, rejects,
+                        longest_example=min(longest_example, options.max_length))

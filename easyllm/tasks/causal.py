@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-from ..attention import supports_packed_attention
 from ..data.collator import PaddingCollator
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings, find_control_token
-from ..data.encoding import ChatEncoder
+from ..data.encoding import IGNORE_INDEX, ChatEncoder
 from ..data.formats import Conversation
-from ..data.loading import summarize_problems
 from ..data.packing import PackedCollator
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.rows import summarize_problems
 from ..errors import ConfigError, DataError
-from ..evaluation import evaluate_loss
+from ..eval.evaluation import evaluate_loss
 from ..modeling import load_causal_lm
-from ..training import TrainedTokenTrainer
-from .base import DataOptions, DataReport, PreparedData
+from ..train.attention import supports_packed_attention
+from ..train.engine import TrainedTokenTrainer
+from .base import ModelLoading
 
 
-def load_model(source: str, *, quantize_4bit: bool, trust_remote_code: bool, data=None) -> PreTrainedModel:
-    return load_causal_lm(source, quantize_4bit=quantize_4bit, trust_remote_code=trust_remote_code)
+def load_model(loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
+    """The checkpoint as a causal LM, loaded as the method says (full precision or 4-bit)."""
+    return load_causal_lm(loading.source, **loading.options())
+
+
+def preview_ids(row: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """input_ids and labels; a preference row shows its prompt and first reply (chosen / completion)."""
+    if "input_ids" in row:
+        return row["input_ids"], row["labels"]
+    reply = row.get("chosen_ids", row.get("completion_ids", []))
+    return row["prompt_ids"] + reply, [IGNORE_INDEX] * len(row["prompt_ids"]) + reply
 
 
 def build_trainer(
@@ -41,7 +53,9 @@ def build_trainer(
     )
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int):
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+             max_length: int) -> dict[str, float]:
+    """eval_loss and perplexity on the trained tokens of encoded rows (already cut to max_length)."""
     return evaluate_loss(model, dataset, PaddingCollator(tokenizer.pad_token_id), batch_size)
 
 

@@ -35,12 +35,24 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data.loading import Record, Reject, RowProblem, source_name, summarize_problems
-from ..data.split import train_val_split
+from ..data.loading import Record
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.rows import (
+    ParsedRows,
+    Reject,
+    RowProblem,
+    check_bad_row_policy,
+    parse_rows,
+    raise_bad_rows,
+    source_name,
+    summarize_problems,
+)
+from ..data.truncation import Truncation, text_limit
 from ..errors import ConfigError, DataError, UsageError
-from ..metrics import ClassificationReport, confusion_matrix
-from ..modeling import _explain_load_errors
-from .base import DataOptions, DataReport, PreparedData, register_task
+from ..eval.metrics import ClassificationReport, confusion_matrix
+from ..methods import HEAD_MODULES
+from ..modeling import explain_load_errors
+from .base import Capabilities, ModelLoading, finish_prepared, register_task, split_rows
 
 Label = str | int
 Text = str | tuple[str, str]  # one text, or a (text, text_pair) pair
@@ -137,16 +149,16 @@ def _label(row: Mapping[str, Any], column: str) -> Label:
     return value
 
 
-def read_rows(records: list[Record], options: DataOptions) -> tuple[list[Row], list[Reject]]:
-    """Valid rows and rejected ones; all rows must agree on having a text_pair and on the label type."""
+def read_rows(records: list[Record], options: DataOptions) -> ParsedRows[Row]:
+    """Valid rows and rejected ones; all rows must agree on having a text_pair and on the label type.
+
+    Unlike other tasks, the rows must also agree with each other, so bad rows are raised (or
+    skipped) only after that second look.
+    """
+    check_bad_row_policy(options.on_bad_rows)
     columns = column_names(options)
-    rows: list[Row] = []
-    rejects: list[Reject] = []
-    for record in records:
-        try:
-            rows.append(read_row(record, columns))
-        except RowProblem as exc:
-            rejects.append(Reject(record.origin, str(exc), record.row, exc.kind))
+    parsed = parse_rows(records, lambda record: read_row(record, columns), on_bad_rows="skip")
+    rows, rejects = parsed.rows, parsed.rejects
     paired = "text_pair" in (options.columns or {}) or any(row.text_pair is not None for row in rows)
     label_type = Counter(type(row.label) for row in rows).most_common(1)[0][0] if rows else str
     kept: list[Row] = []
@@ -163,7 +175,9 @@ def read_rows(records: list[Record], options: DataOptions) -> tuple[list[Row], l
             continue
         raw = raw or {record.origin: record.row for record in records}
         rejects.append(Reject(row.origin, str(problem), raw[row.origin], problem.kind))
-    return kept, rejects
+    if rejects and options.on_bad_rows == "raise":
+        raise_bad_rows(rejects, parsed.where())
+    return ParsedRows(kept, rejects, parsed.sources)
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -171,14 +185,6 @@ def labels_of(model: PreTrainedModel) -> list[Label]:
     """The model's labels in id order (works through a PeftModel too)."""
     config = model.config
     return [config.id2label[i] for i in range(config.num_labels)]
-
-
-def token_limit(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
-                max_length: int | None = None) -> int:
-    """The longest input: `max_length`, capped by what the tokenizer and the model's positions allow."""
-    limits = (max_length, tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None))
-    known = [limit for limit in limits if limit is not None and limit < 10**8]  # 1e30 means "no limit"
-    return min(known) if known else 1024
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str] | None,
@@ -242,16 +248,19 @@ def logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Dat
 # -- prediction ------------------------------------------------------------------------------
 @overload
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Text], *,
-            batch_size: int = ..., return_scores: Literal[False] = ...) -> list[Label]: ...
+            max_length: int = ..., batch_size: int = ..., return_scores: Literal[False] = ...) -> list[Label]: ...
 
 
 @overload
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Text], *,
-            batch_size: int = ..., return_scores: Literal[True]) -> list[tuple[Label, dict[Label, float]]]: ...
+            max_length: int = ..., batch_size: int = ...,
+            return_scores: Literal[True]) -> list[tuple[Label, dict[Label, float]]]: ...
 
 
-def predict(model, tokenizer, texts, *, batch_size=16, return_scores=False):
+def predict(model, tokenizer, texts, *, max_length=1024, batch_size=16, return_scores=False):
     """The label of each text (str, or a (text, text_pair) tuple); with scores, also every label's probability.
+
+    Texts are cut at `max_length` tokens (the length the model was trained at; data/truncation.py).
 
     >>> predict(model, tokenizer, ["where is my parcel?"], return_scores=True)
     [('track_order', {'greeting': 0.01, 'track_order': 0.97, ...})]
@@ -266,7 +275,7 @@ def predict(model, tokenizer, texts, *, batch_size=16, return_scores=False):
         raise UsageError("predict() takes a list of strings, or of (text, text_pair) tuples, not a mix.")
     firsts = [text[0] for text in texts] if True in paired else texts
     pairs = [text[1] for text in texts] if True in paired else None
-    encoded = tokenize(tokenizer, firsts, pairs, token_limit(tokenizer, model))
+    encoded = tokenize(tokenizer, firsts, pairs, text_limit(tokenizer, max_length, model.config))
     rows = [{key: values[i] for key, values in encoded.items()} for i in range(len(texts))]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding per batch
     probabilities = torch.empty(len(rows), model.config.num_labels)
@@ -279,28 +288,22 @@ def predict(model, tokenizer, texts, *, batch_size=16, return_scores=False):
 
 
 # -- the task --------------------------------------------------------------------------------
-def load_classifier(source: str, labels: Sequence[Label], *, quantize_4bit: bool = False,
-                    trust_remote_code: bool = False) -> PreTrainedModel:
-    """`source` with a classification head for `labels` (new unless `source` is a classifier for them)."""
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    if quantize_4bit:  # QLoRA: a 4-bit NF4 body; the new head stays in full precision and is trained
-        from transformers import BitsAndBytesConfig
+def load_classifier(loading: ModelLoading, labels: Sequence[Label]) -> PreTrainedModel:
+    """The checkpoint with a classification head for `labels` (new unless it is a classifier for them).
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score", "classifier"],
-        )
-        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else {"": "cpu"}
-    with _explain_load_errors(source):
+    With QLoRA the body is 4-bit NF4; the new head stays in full precision and is trained.
+    """
+    with explain_load_errors(loading.source):
         return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, **kwargs,
+            loading.source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            **loading.options(keep_full_precision=HEAD_MODULES),
         )
 
 
 def checkpoint_labels(source: str, trust_remote_code: bool = False) -> list[Label] | None:
     """The labels of a checkpoint that already is a classifier (a full save, a hub classifier), else None."""
-    with _explain_load_errors(source):
+    with explain_load_errors(source):
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not any(name.endswith("ForSequenceClassification") for name in config.architectures or []):
         return None
@@ -311,56 +314,50 @@ class ClassifyTask:
     """Texts in, a label per text out: accuracy, macro-F1 and a confusion matrix as metrics."""
 
     name = "classify"
-    peft_task_type = "SEQ_CLS"  # LoRA on the body; peft trains the new head fully
-    uses_chat_template = False
-    generative = False
+    capabilities = Capabilities(peft_task_type="SEQ_CLS", chat_template=False, generative=False,
+                                predicts=True, model_from_data=True, truncation=Truncation.TEXT_END)
 
-    def load_model(self, source: str, *, quantize_4bit: bool, trust_remote_code: bool,
-                   data: PreparedData | None = None) -> PreTrainedModel | None:
-        """A classifier checkpoint as is; otherwise None until the data says which labels."""
+    def model_info(self, loading: ModelLoading, data: PreparedData | None) -> dict[str, Any] | None:
+        """The labels: from the training rows, or from a checkpoint that already is a classifier."""
         if data is None:
-            labels = checkpoint_labels(source, trust_remote_code)
-            if labels is None:
-                return None
-        else:
-            labels = sorted(set(data.train["label"]))
-            if len(labels) < 2:
-                raise DataError(f"Every training row of {data.report.source} has the label {labels[0]!r}: "
-                                "a classifier needs at least two labels.")
-        return load_classifier(source, labels, quantize_4bit=quantize_4bit, trust_remote_code=trust_remote_code)
+            labels = checkpoint_labels(loading.source, loading.trust_remote_code)
+            return None if labels is None else {"labels": labels}
+        labels = sorted(set(data.train["label"]))
+        if len(labels) < 2:
+            raise DataError(f"Every training row of {data.report.source} has the label {labels[0]!r}: "
+                            "a classifier needs at least two labels.")
+        return {"labels": labels}
 
-    def prepare(self, records: list[Record], encoder: Any, options: DataOptions) -> PreparedData:
-        """Check every row, split off validation rows; the text stays text until the trainer is built."""
-        if options.on_bad_rows not in ("raise", "skip"):
-            raise ConfigError(f"on_bad_rows={options.on_bad_rows!r}: choose 'raise' or 'skip'")
-        source = source_name(records[0].origin) if records else "data"
-        rows, rejects = read_rows(records, options)
-        if rejects and options.on_bad_rows == "raise":
-            problems = [f"{reject.origin}: {reject.reason}" for reject in rejects]
-            raise DataError(summarize_problems(problems, source) + "\nFix these rows, or pass "
-                            "on_bad_rows='skip' to train on the rest and get the rejected rows back.")
+    def saved_info(self, model: PreTrainedModel) -> dict[str, Any]:
+        """What a save must remember to rebuild the head without the data: the labels, in id order."""
+        return {"labels": labels_of(model)}
+
+    def load_model(self, loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
+        return load_classifier(loading, info["labels"])
+
+    def prepare(self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: Any,
+                options: DataOptions) -> PreparedData:
+        """Check every row, split off validation rows; the text stays text until it meets the model's labels."""
+        parsed = read_rows(records, options)
+        rows = parsed.rows
         if not rows:
-            raise DataError(f"No usable row in {source}: every row was rejected.")
-        train_rows, val_rows = train_val_split(rows, options.val_size, options.seed)
+            raise DataError(f"No usable row in {parsed.source}: every row was rejected.")
+        train_rows, val_rows = split_rows(rows, options)
         _check_validation_labels(train_rows, val_rows)
         paired = rows[0].text_pair is not None
         counts = Counter(row.label for row in train_rows)
-        report = ClassifyReport(
-            source, len(records), {"text + text_pair + label" if paired else "text + label": len(rows)},
-            train_examples=len(train_rows), val_examples=len(val_rows),
+        report = ClassifyReport.of(
+            parsed, {"text + text_pair + label" if paired else "text + label": len(rows)},
             labels={str(label): counts[label] for label in sorted(counts)},
         )
-        if rejects:
-            kinds = Counter(reject.kind for reject in rejects).most_common()
-            report.rejected = f"skipped {len(rejects)} of {len(records)} rows: " + ", ".join(
-                f"{count} {kind}" for kind, count in kinds)
         validation = _dataset(val_rows, paired) if val_rows else None
-        return PreparedData(_dataset(train_rows, paired), validation, report, options.max_length, rejects)
+        return finish_prepared(_dataset(train_rows, paired), validation, report, options, parsed.rejects,
+                               longest_example=options.max_length)
 
     def build_trainer(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
                       args: TrainingArguments, settings: Any) -> Trainer:
         """A plain Trainer: the model's own cross-entropy loss, batches padded per batch and grouped by length."""
-        labels, limit = labels_of(model), token_limit(tokenizer, model, data.max_length)
+        labels, limit = labels_of(model), text_limit(tokenizer, data.max_length, model.config)
         validation = encode(data.validation, tokenizer, labels, limit) if data.validation is not None else None
         return Trainer(
             model=model, args=args, train_dataset=encode(data.train, tokenizer, labels, limit),
@@ -368,13 +365,13 @@ class ClassifyTask:
         )
 
     def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                 batch_size: int) -> dict[str, float]:
+                 batch_size: int, max_length: int) -> dict[str, float]:
         """eval_loss, accuracy, macro_f1, per-class scores and the confusion matrix as flat keys.
 
         `ClassificationReport.from_metrics(metrics)` turns them back into a table or a PNG.
         """
         labels = labels_of(model)
-        rows = encode(dataset, tokenizer, labels, token_limit(tokenizer, model))
+        rows = encode(dataset, tokenizer, labels, text_limit(tokenizer, max_length, model.config))
         scores = logits(model, tokenizer, rows, batch_size)
         truth = torch.tensor(rows["labels"], dtype=torch.long)
         loss = torch.nn.functional.cross_entropy(scores, truth).item() if len(rows) else 0.0
@@ -384,16 +381,6 @@ class ClassifyTask:
         return {"eval_loss": loss, **report.as_metrics(), "eval_examples": len(rows)}
 
     predict = staticmethod(predict)
-
-    def saved_info(self, model: PreTrainedModel) -> dict[str, Any]:
-        """What a save must remember to rebuild the head without the data: the labels, in id order."""
-        return {"labels": labels_of(model)}
-
-    def load_saved(self, source: str, info: Mapping[str, Any], *, quantize_4bit: bool,
-                   trust_remote_code: bool) -> PreTrainedModel:
-        """The base model with a head for the saved labels; the runner then loads the adapter onto it."""
-        return load_classifier(source, info["labels"], quantize_4bit=quantize_4bit,
-                               trust_remote_code=trust_remote_code)
 
 
 def _check_validation_labels(train_rows: list[Row], val_rows: list[Row]) -> None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from ..data.encoding import ChatEncoder
-from ..data.loading import Record
-from . import causal, preference
-from .base import DataOptions, PreparedData, register_task
+from ..data.prepared import PreparedData
+from . import preference
+from .base import register_task
 
 BETA = 0.1  # TRL's default: how far the policy may move from the reference
 
@@ -27,48 +26,34 @@ def _keep_ids(self, dataset, processing_class, args, dataset_name):
     return dataset  # already `prompt_ids` / `chosen_ids` / `rejected_ids` from our encoder
 
 
-class DPOTask:
-    """Pairs in ({"prompt", "chosen", "rejected"} or ShareGPT), a model that prefers the chosen replies."""
+def dpo_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                args: TrainingArguments) -> Trainer:
+    return preference.reference_trainer(
+        preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids),
+        preference.trl_class("trl", "DPOConfig"), model, tokenizer, data, args, beta=BETA,
+    )
 
-    name = "dpo"
-    peft_task_type = "CAUSAL_LM"
-    uses_chat_template = True
-    generative = True
-    load_model = staticmethod(causal.load_model)
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
-        return preference.prepare_rows(records, encoder, options, preference.parse_pair)
-
-    def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings,
-    ) -> Trainer:
-        return preference.reference_trainer(
-            preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids),
-            preference.trl_class("trl", "DPOConfig"), model, tokenizer, data, args, beta=BETA,
+def dpo_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
+                batch_size: int) -> dict[str, float]:
+    """Implied rewards beta * (log p_policy - log p_reference) of held-out pairs: accuracy and margin."""
+    rewards = {}
+    for side in preference.SIDES:
+        policy, _ = preference.completion_logps(
+            model, dataset["prompt_ids"], dataset[f"{side}_ids"], tokenizer.pad_token_id, batch_size
         )
-
-    def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
-    ) -> dict[str, float]:
-        """Implied rewards beta * (log p_policy - log p_reference) of held-out pairs: accuracy and margin."""
-        rewards = {}
-        for side in preference.SIDES:
-            policy, _ = preference.completion_logps(
-                model, dataset["prompt_ids"], dataset[f"{side}_ids"], tokenizer.pad_token_id, batch_size
-            )
-            reference = preference.reference_logps(
-                model, dataset, side, f"ref_{side}_logps", tokenizer.pad_token_id, batch_size
-            )
-            rewards[side] = BETA * (policy - (policy if reference is None else reference))
-        margin = rewards["chosen"] - rewards["rejected"]
-        return {
-            "eval_reward_accuracy": (margin > 0).float().mean().item(),
-            "eval_reward_margin": margin.mean().item(),
-            "eval_chosen_reward": rewards["chosen"].mean().item(),
-            "eval_rejected_reward": rewards["rejected"].mean().item(),
-            "eval_pairs": len(dataset),
-        }
+        reference = preference.reference_logps(
+            model, dataset, side, f"ref_{side}_logps", tokenizer.pad_token_id, batch_size
+        )
+        rewards[side] = BETA * (policy - (policy if reference is None else reference))
+    margin = rewards["chosen"] - rewards["rejected"]
+    return {
+        "eval_reward_accuracy": (margin > 0).float().mean().item(),
+        "eval_reward_margin": margin.mean().item(),
+        "eval_chosen_reward": rewards["chosen"].mean().item(),
+        "eval_rejected_reward": rewards["rejected"].mean().item(),
+        "eval_pairs": len(dataset),
+    }
 
 
-register_task("dpo", DPOTask())
+register_task("dpo", preference.PreferenceTask("dpo", preference.parse_pair, dpo_trainer, dpo_metrics))

@@ -17,10 +17,9 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from ..data.encoding import ChatEncoder
-from ..data.loading import Record
-from . import causal, preference
-from .base import DataOptions, PreparedData, register_task
+from ..data.prepared import PreparedData
+from . import preference
+from .base import register_task
 
 BETA = 0.1  # TRL's default
 
@@ -39,52 +38,38 @@ def _keep_ids(self, dataset, processing_class, args, dataset_name):
     return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
 
 
-class KTOTask:
-    """Replies labelled desirable or not in; a model that makes the desirable ones likelier."""
+def kto_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                args: TrainingArguments) -> Trainer:
+    return preference.reference_trainer(
+        preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids),
+        preference.trl_class("trl", "KTOConfig"), model, tokenizer, data, args, beta=BETA,
+        train_sampling_strategy="sequential",
+    )
 
-    name = "kto"
-    peft_task_type = "CAUSAL_LM"
-    uses_chat_template = True
-    generative = True
-    load_model = staticmethod(causal.load_model)
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
-        # The KL term pairs neighbouring rows, so TRL reads them in order: shuffle them once here.
-        return preference.prepare_rows(records, encoder, options, preference.parse_labelled, shuffle_train=True)
-
-    def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings,
-    ) -> Trainer:
-        return preference.reference_trainer(
-            preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids),
-            preference.trl_class("trl", "KTOConfig"), model, tokenizer, data, args, beta=BETA,
-            train_sampling_strategy="sequential",
-        )
-
-    def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
-    ) -> dict[str, float]:
-        """Implied rewards of held-out replies: how often their sign matches the label, and the gap."""
-        pad_id = tokenizer.pad_token_id
-        policy, _ = preference.completion_logps(
-            model, dataset["prompt_ids"], dataset["completion_ids"], pad_id, batch_size
-        )
-        reference = preference.reference_logps(model, dataset, "completion", "ref_logps", pad_id, batch_size)
-        rewards = BETA * (policy - (policy if reference is None else reference))
-        label = torch.tensor(dataset["label"], dtype=torch.bool)
-        desirable, undesirable = rewards[label], rewards[~label]
-        return {
-            "eval_reward_accuracy": _mean(torch.where(label, rewards > 0, rewards < 0).float()),
-            "eval_desirable_reward": _mean(desirable),
-            "eval_undesirable_reward": _mean(undesirable),
-            "eval_reward_margin": _mean(desirable) - _mean(undesirable),
-            "eval_examples": len(dataset),
-        }
+def kto_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
+                batch_size: int) -> dict[str, float]:
+    """Implied rewards of held-out replies: how often their sign matches the label, and the gap."""
+    pad_id = tokenizer.pad_token_id
+    policy, _ = preference.completion_logps(model, dataset["prompt_ids"], dataset["completion_ids"], pad_id,
+                                            batch_size)
+    reference = preference.reference_logps(model, dataset, "completion", "ref_logps", pad_id, batch_size)
+    rewards = BETA * (policy - (policy if reference is None else reference))
+    label = torch.tensor(dataset["label"], dtype=torch.bool)
+    desirable, undesirable = rewards[label], rewards[~label]
+    return {
+        "eval_reward_accuracy": _mean(torch.where(label, rewards > 0, rewards < 0).float()),
+        "eval_desirable_reward": _mean(desirable),
+        "eval_undesirable_reward": _mean(undesirable),
+        "eval_reward_margin": _mean(desirable) - _mean(undesirable),
+        "eval_examples": len(dataset),
+    }
 
 
 def _mean(values: torch.Tensor) -> float:
     return values.mean().item() if len(values) else 0.0
 
 
-register_task("kto", KTOTask())
+# The KL term pairs neighbouring rows, so TRL reads them in order: shuffle them once in prepare.
+register_task("kto", preference.PreferenceTask("kto", preference.parse_labelled, kto_trainer, kto_metrics,
+                                               shuffle_train=True))

@@ -15,10 +15,10 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from ..data.encoding import IGNORE_INDEX, ChatEncoder
-from ..data.loading import Record
-from . import causal, preference
-from .base import DataOptions, PreparedData, register_task
+from ..data.encoding import IGNORE_INDEX
+from ..data.prepared import PreparedData
+from . import preference
+from .base import register_task
 
 BETA = 0.1  # TRL's default weight of the odds-ratio term (lambda in the paper)
 TRL_MODULE = "trl.experimental.orpo"
@@ -36,51 +36,35 @@ def _from_ids(self, feature, model=None) -> dict[str, list[int]]:
     return batch
 
 
-class ORPOTask:
-    """Pairs in (like DPO), a model that prefers the chosen replies; no reference model."""
+def orpo_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                 args: TrainingArguments) -> Trainer:
+    config_cls = preference.trl_class(TRL_MODULE, "ORPOConfig")
+    trainer_cls = preference.pretokenized(TRL_MODULE, "ORPOTrainer", "tokenize_row", _from_ids)
+    config = preference.trl_config(config_cls, args, beta=BETA, max_length=data.max_length)
+    return trainer_cls(model=model, args=config, train_dataset=data.train, eval_dataset=data.validation,
+                       processing_class=tokenizer)
 
-    name = "orpo"
-    peft_task_type = "CAUSAL_LM"
-    uses_chat_template = True
-    generative = True
-    load_model = staticmethod(causal.load_model)
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
-        return preference.prepare_rows(records, encoder, options, preference.parse_pair)
-
-    def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings,
-    ) -> Trainer:
-        config_cls = preference.trl_class(TRL_MODULE, "ORPOConfig")
-        trainer_cls = preference.pretokenized(TRL_MODULE, "ORPOTrainer", "tokenize_row", _from_ids)
-        config = preference.trl_config(config_cls, args, beta=BETA, max_length=data.max_length)
-        return trainer_cls(
-            model=model, args=config, train_dataset=data.train, eval_dataset=data.validation,
-            processing_class=tokenizer,
+def orpo_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
+                 batch_size: int) -> dict[str, float]:
+    """ORPO's own view of held-out pairs: per-token log-probs, their odds ratio, the chosen NLL."""
+    mean_logps = {}
+    for side in preference.SIDES:
+        sums, counts = preference.completion_logps(
+            model, dataset["prompt_ids"], dataset[f"{side}_ids"], tokenizer.pad_token_id, batch_size
         )
-
-    def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
-    ) -> dict[str, float]:
-        """ORPO's own view of held-out pairs: per-token log-probs, their odds ratio, the chosen NLL."""
-        mean_logps = {}
-        for side in preference.SIDES:
-            sums, counts = preference.completion_logps(
-                model, dataset["prompt_ids"], dataset[f"{side}_ids"], tokenizer.pad_token_id, batch_size
-            )
-            mean_logps[side] = sums / counts.clamp(min=1)
-        chosen, rejected = mean_logps["chosen"], mean_logps["rejected"]
-        # log odds(chosen) - log odds(rejected), odds = p / (1 - p) of the per-token mean probability (TRL's
-        # `log_odds_chosen`)
-        log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
-        return {
-            "eval_reward_accuracy": (chosen > rejected).float().mean().item(),
-            "eval_reward_margin": (BETA * (chosen - rejected)).mean().item(),
-            "eval_log_odds_chosen": log_odds.mean().item(),
-            "eval_chosen_nll": (-chosen).mean().item(),
-            "eval_pairs": len(dataset),
-        }
+        mean_logps[side] = sums / counts.clamp(min=1)
+    chosen, rejected = mean_logps["chosen"], mean_logps["rejected"]
+    # log odds(chosen) - log odds(rejected), odds = p / (1 - p) of the per-token mean probability
+    # (TRL's `log_odds_chosen`)
+    log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
+    return {
+        "eval_reward_accuracy": (chosen > rejected).float().mean().item(),
+        "eval_reward_margin": (BETA * (chosen - rejected)).mean().item(),
+        "eval_log_odds_chosen": log_odds.mean().item(),
+        "eval_chosen_nll": (-chosen).mean().item(),
+        "eval_pairs": len(dataset),
+    }
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -88,4 +72,4 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(x.clamp(max=-1e-7)))
 
 
-register_task("orpo", ORPOTask())
+register_task("orpo", preference.PreferenceTask("orpo", preference.parse_pair, orpo_trainer, orpo_metrics))

@@ -17,7 +17,6 @@ models (Llama, Qwen, Mistral, SmolLM2) only see position differences, which rest
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,16 +25,18 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-from ..attention import supports_packed_attention
 from ..data.control_tokens import CONTROL_TOKEN_POLICIES, control_token_strings
 from ..data.encoding import IGNORE_INDEX, ChatEncoder
-from ..data.loading import Record, Reject, source_name, summarize_problems
-from ..data.split import train_val_split
-from ..errors import ConfigError, DataError
-from ..evaluation import evaluate_loss
-from ..training import TrainedTokenTrainer
+from ..data.loading import Record
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.rows import ParsedRows, RowProblem, parse_rows
+from ..data.truncation import Truncation
+from ..errors import ConfigError
+from ..eval.evaluation import evaluate_loss
+from ..train.attention import supports_packed_attention
+from ..train.engine import TrainedTokenTrainer
 from . import causal
-from .base import DataOptions, DataReport, PreparedData, register_task
+from .base import Capabilities, finish_prepared, register_task, split_rows
 
 TEXT = "text"
 
@@ -55,32 +56,29 @@ class PretrainTask:
     """
 
     name = "pt"
-    peft_task_type = "CAUSAL_LM"
-    uses_chat_template = False
-    generative = True
+    capabilities = Capabilities(chat_template=False, previews=True, truncation=Truncation.BLOCKS)
     load_model = staticmethod(causal.load_model)
+    preview_ids = staticmethod(causal.preview_ids)
 
     def __init__(self, cross_document_attention: bool = False) -> None:
         self.cross_document_attention = cross_document_attention
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder | None, options: DataOptions) -> PreparedData:
-        tokenizer = _tokenizer(encoder)
-        column = _text_column(options)
-        source = source_name(records[0].origin) if records else "data"
-        documents, rejects = read_documents(records, column, tokenizer, options, source)
-        report = DataReport(source, len(records), {TEXT: len(documents)},
-                            control_token_policy=options.on_control_tokens)
-        if rejects:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in Counter(r.kind for r in rejects).most_common())
-            report.rejected = f"skipped {len(rejects)} of {len(records)} rows: {kinds}"
+    def prepare(
+        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder | None,
+        options: DataOptions,
+    ) -> PreparedData:
+        parsed = read_documents(records, _text_column(options), tokenizer, options)
+        documents = parsed.rows
+        report = DataReport.of(parsed, {TEXT: len(documents)}, control_token_policy=options.on_control_tokens)
         strings = control_token_strings(tokenizer)
         found = ((d.origin, _control_token(d.text, strings)) for d in documents)
         report.control_token_rows = [f"{origin}: contains {token!r}" for origin, token in found if token]
-        train_docs, val_docs = train_val_split(documents, options.val_size, options.seed)
+        train_docs, val_docs = split_rows(documents, options)
         train = self._encode(train_docs, tokenizer, options, report)
         validation = self._encode(val_docs, tokenizer, options, report) if val_docs else None
-        report.train_examples, report.val_examples = len(train), len(validation or [])
-        return PreparedData(train, validation, report, options.max_length, rejects)
+        longest = max((len(ids) for ids in train["input_ids"]), default=0)
+        return finish_prepared(train, validation, report, options, parsed.rejects, longest_example=longest,
+                               nothing_left="No text to train on")
 
     def build_trainer(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
@@ -94,7 +92,8 @@ class PretrainTask:
         )
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        max_length: int,
     ) -> dict[str, float]:
         """eval_loss and perplexity over every predicted token of the held-out blocks."""
         return evaluate_loss(model, dataset, BlockCollator(tokenizer.pad_token_id), batch_size)
@@ -112,30 +111,16 @@ class PretrainTask:
 
 
 def read_documents(
-    records: list[Record], column: str, tokenizer: PreTrainedTokenizerBase, options: DataOptions, source: str
-) -> tuple[list[Document], list[Reject]]:
+    records: list[Record], column: str, tokenizer: PreTrainedTokenizerBase, options: DataOptions
+) -> ParsedRows[Document]:
     """The usable texts and the rejected rows; with on_bad_rows="raise", one DataError naming each bad row."""
-    if options.on_bad_rows not in ("raise", "skip"):
-        raise ConfigError(f"on_bad_rows={options.on_bad_rows!r}: choose 'raise' or 'skip'")
     if options.on_control_tokens not in CONTROL_TOKEN_POLICIES:
         raise ConfigError(f"on_control_tokens={options.on_control_tokens!r}: choose one of "
                           f"{', '.join(CONTROL_TOKEN_POLICIES)}")
     strings = control_token_strings(tokenizer) if options.on_control_tokens == "reject" else []
-    documents, rejects = [], []
-    for record in records:
-        kind, problem = _row_problem(record, column, strings)
-        if problem:
-            rejects.append(Reject(record.origin, problem, record.row, kind))
-        else:
-            documents.append(Document(record.row[column], record.origin))
-    if rejects and options.on_bad_rows == "raise":
-        problems = [f"{reject.origin}: {reject.reason}" for reject in rejects]
-        raise DataError(summarize_problems(problems, source) + f"\nTask 'pt' reads one {column!r} string per "
-                        "row (a .txt file gives one per line). Fix these rows, or pass on_bad_rows='skip' "
-                        "to train on the rest and get the rejected rows back.")
-    if not documents:
-        raise DataError(f"No text to train on in {source}: every row was rejected.")
-    return documents, rejects
+    hint = f"Task 'pt' reads one {column!r} string per row (a .txt file gives one per line)."
+    return parse_rows(records, lambda record: _document(record, column, strings), options.on_bad_rows,
+                      hint=hint)
 
 
 def tokenize_documents(
@@ -224,15 +209,6 @@ class BlockCollator:
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
-def _tokenizer(encoder: ChatEncoder | None) -> PreTrainedTokenizerBase:
-    if encoder is None:
-        raise ConfigError(
-            "Task 'pt' needs the runner's tokenizer, which reaches prepare() through the encoder. "
-            "ModelRunner must build an encoder for generative tasks too (uses_chat_template or generative)."
-        )
-    return encoder.tokenizer
-
-
 def _text_column(options: DataOptions) -> str:
     """The column holding the text: "text", or another via columns={"text": "body"}."""
     columns = dict(options.columns or {})
@@ -244,28 +220,29 @@ def _text_column(options: DataOptions) -> str:
     return columns.get(TEXT, TEXT)
 
 
-def _row_problem(record: Record, column: str, control_strings: list[str]) -> tuple[str, str | None]:
-    """(kind, why the row is unusable) or ("", None)."""
+def _document(record: Record, column: str, control_strings: list[str]) -> Document:
+    """The row's text as a Document; RowProblem says why the row is unusable."""
     row = record.row
     if record.problem:
-        return "unreadable row", record.problem
+        raise RowProblem("unreadable row", record.problem)
     if not isinstance(row, Mapping):
-        return "wrong type", (f"a row must be an object with a {column!r} string, got {type(row).__name__}: "
-                              f"{str(row)[:60]}")
+        raise RowProblem("wrong type", f"a row must be an object with a {column!r} string, got "
+                         f"{type(row).__name__}: {str(row)[:60]}")
     text = row.get(column)
     if text is None:
         chatty = {"messages", "conversations", "prompt"} & set(row)
         chat = " (it looks like chat data: use task='sft')" if chatty else ""
-        return "missing column", f"missing or null {column!r} (the row has {sorted(row)}){chat}"
+        raise RowProblem("missing column", f"missing or null {column!r} (the row has {sorted(row)}){chat}")
     if not isinstance(text, str):
-        return "wrong type", f"{column!r} must be a string, got {type(text).__name__}: {str(text)[:60]}"
+        raise RowProblem("wrong type", f"{column!r} must be a string, got {type(text).__name__}: {str(text)[:60]}")
     if not text.strip():
-        return "empty text", f"{column!r} is empty; write the text or drop the row"
+        raise RowProblem("empty text", f"{column!r} is empty; write the text or drop the row")
     found = _control_token(text, control_strings)
     if found:
-        return "control token", (f"contains the control-token string {found!r} (on_control_tokens='reject'); "
-                                 "remove it, or load with on_control_tokens='text' to keep it as plain text")
-    return "", None
+        raise RowProblem("control token", f"contains the control-token string {found!r} "
+                         "(on_control_tokens='reject'); remove it, or load with on_control_tokens='text' "
+                         "to keep it as plain text")
+    return Document(text, record.origin)
 
 
 def _control_token(text: str, strings: list[str]) -> str | None:

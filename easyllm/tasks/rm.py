@@ -29,11 +29,15 @@ from transformers import (
 
 from ..data.encoding import ChatEncoder
 from ..data.formats import ROW_FORMATS, Conversation, Message, convert_record
-from ..data.loading import Record, RowProblem, source_name, summarize_problems
-from ..data.split import train_val_split
+from ..data.loading import Record
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.rows import RowProblem, summarize_problems
+from ..data.truncation import Truncation, fits
 from ..errors import ConfigError, DataError, UsageError
-from . import causal, preference
-from .base import DataOptions, DataReport, PreparedData, register_task
+from ..methods import HEAD_MODULES
+from . import causal
+from .base import Capabilities, ModelLoading, finish_prepared, register_task, split_rows
+from .preference_rows import parse_pair, read_preference_rows
 
 
 @dataclass
@@ -56,33 +60,31 @@ class RewardModelTask:
     """
 
     name = "rm"
-    peft_task_type = "SEQ_CLS"
-    uses_chat_template = True
-    generative = False
+    capabilities = Capabilities(peft_task_type="SEQ_CLS", generative=False, scores=True,
+                                truncation=Truncation.DROP)
 
-    def load_model(
-        self, source: str, *, quantize_4bit: bool, trust_remote_code: bool, data: PreparedData | None = None
-    ) -> PreTrainedModel:
-        return load_reward_model(source, quantize_4bit=quantize_4bit, trust_remote_code=trust_remote_code)
+    def load_model(self, loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
+        return load_reward_model(loading)
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
-        """Pairs read as DPO reads them (`preference.parse_pair`); each side encoded as one conversation."""
-        rows, rejects = preference.parse_rows(records, preference.parse_pair, options)
-        source = source_name(records[0].origin) if records else "data"
-        report = DataReport(source, len(rows) + len(rejects), dict(Counter(row.format for row in rows)))
-        if rejects:
-            report.rejected = preference.rejects_summary(rejects, report.rows)
+    def prepare(
+        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+        options: DataOptions,
+    ) -> PreparedData:
+        """Pairs read as DPO reads them (`preference_rows.parse_pair`); each side encoded as one conversation."""
+        parsed = read_preference_rows(records, parse_pair, options)
+        rows = parsed.rows
+        report = DataReport.of(parsed, dict(Counter(row.format for row in rows)))
         pairs = [Pair(row.prompt + [row.replies["chosen"]], row.prompt + [row.replies["rejected"]],
                       row.origin, row.tools) for row in rows]
         scanned = [Conversation(p.chosen + p.rejected[-1:], p.origin, "pair") for p in pairs]
         encoder = causal.apply_control_token_policy(scanned, encoder, options, report)
-        train_pairs, val_pairs = train_val_split(pairs, options.val_size, options.seed)
+        train_pairs, val_pairs = split_rows(pairs, options)
         train = encode_pairs(train_pairs, encoder, options.max_length, report)
         validation = encode_pairs(val_pairs, encoder, options.max_length, report) if val_pairs else None
-        if len(train) == 0:
-            raise DataError(f"No preference pair is left to train on in {source}:\n{report}")
-        report.train_examples, report.val_examples = len(train), len(validation or [])
-        return PreparedData(train, validation, report, options.max_length, rejects)
+        longest = max((max(len(c), len(r)) for c, r in zip(train["chosen_ids"], train["rejected_ids"])),
+                      default=0) if len(train) else 0
+        return finish_prepared(train, validation, report, options, parsed.rejects, longest_example=longest,
+                               nothing_left="No preference pair is left to train on")
 
     def build_trainer(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
@@ -94,7 +96,8 @@ class RewardModelTask:
         )
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        max_length: int,
     ) -> dict[str, float]:
         return evaluate_pairs(model, tokenizer, dataset, batch_size)
 
@@ -106,26 +109,16 @@ class RewardModelTask:
         return score(model, tokenizer, encoder, texts_or_conversations, batch_size)
 
 
-def load_reward_model(
-    source: str, *, quantize_4bit: bool = False, trust_remote_code: bool = False
-) -> PreTrainedModel:
-    """`source` as a sequence classifier with one output, the reward, in float32 (or a 4-bit base).
+def load_reward_model(loading: ModelLoading) -> PreTrainedModel:
+    """The checkpoint as a sequence classifier with one output, the reward (float32, or a 4-bit base).
 
     A new head is drawn from a fixed seed, so every run starts from the same one; the global
     random state is left as it was.
     """
-    kwargs: dict[str, Any] = {"num_labels": 1, "dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    if quantize_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score", "classifier"],
-        )
-        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else {"": "cpu"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(
+            loading.source, num_labels=1, **loading.options(keep_full_precision=HEAD_MODULES))
 
 
 def encode_pairs(pairs: list[Pair], encoder: ChatEncoder, max_length: int, report: DataReport) -> Dataset:
@@ -134,7 +127,7 @@ def encode_pairs(pairs: list[Pair], encoder: ChatEncoder, max_length: int, repor
     for pair in pairs:
         chosen = encoder.encode(pair.chosen, tools=pair.tools).input_ids
         rejected = encoder.encode(pair.rejected, tools=pair.tools).input_ids
-        if max(len(chosen), len(rejected)) > max_length:
+        if not fits([len(chosen), len(rejected)], max_length):
             # Cutting would score a reply without its end; the reward is read at the last token.
             report.dropped.append(f"{pair.origin}: {len(chosen)}/{len(rejected)} tokens (chosen/rejected) exceed "
                                   f"max_length={max_length}; raise max_length")

@@ -10,16 +10,15 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from ..data.collator import PaddingCollator
+from ..data.encoded_cache import Encoding, cached_encoding, encoder_fingerprint, encoding_key
 from ..data.encoding import IGNORE_INDEX, ChatEncoder, Encoded
-from ..data.formats import Conversation, Message, column_format, convert_rows, key_format
-from ..data.loading import Record, source_name
-from ..data.split import train_val_split
-from ..encoded_cache import Encoding, cached_encoding, encoder_fingerprint, encoding_key
-from ..errors import DataError
-from ..evaluation import Reference
+from ..data.formats import Conversation, Message, RowFormat, column_format, convert_rows, key_format
+from ..data.loading import Record
+from ..data.prepared import DataOptions, DataReport, PreparedData
+from ..data.truncation import Truncation, fit_conversation
+from ..eval.evaluation import Reference
 from . import causal
-from .base import DataOptions, DataReport, PreparedData, register_task
+from .base import Capabilities, finish_prepared, register_task, split_rows
 
 # Columns that let evaluate() generate from a row and score the reply (the validation split keeps them).
 PROMPT_COLUMN, REFERENCE_COLUMN = "prompt_messages", "reference"
@@ -29,39 +28,28 @@ class SFTTask:
     """Conversations in, a chat model out: every assistant reply and its end-of-turn token trained."""
 
     name = "sft"
-    peft_task_type = "CAUSAL_LM"
-    uses_chat_template = True
-    generative = True
+    capabilities = Capabilities(references=True, previews=True, truncation=Truncation.OLDEST_TURNS)
     load_model = staticmethod(causal.load_model)
     build_trainer = staticmethod(causal.build_trainer)
     evaluate = staticmethod(causal.evaluate)
+    preview_ids = staticmethod(causal.preview_ids)
 
-    def prepare(self, records: list[Record], encoder: ChatEncoder, options: DataOptions) -> PreparedData:
-        row_format = None
-        if options.columns:
-            row_format = column_format(options.columns)
-        elif options.input_key or options.output_key:
-            row_format = key_format(options.input_key or "input", options.output_key or "output")
-        converted = convert_rows(records, row_format, on_bad_rows=options.on_bad_rows)
-        conversations = converted.conversations
-        source = source_name(records[0].origin) if records else "data"
-        report = DataReport(source, converted.rows, dict(Counter(c.format for c in conversations)))
-        if converted.rejects:
-            report.rejected = converted.summary()
+    def prepare(
+        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+        options: DataOptions,
+    ) -> PreparedData:
+        parsed = convert_rows(records, sft_row_format(options), on_bad_rows=options.on_bad_rows)
+        conversations = parsed.rows
+        report = DataReport.of(parsed, dict(Counter(c.format for c in conversations)))
         encoder = causal.apply_control_token_policy(conversations, encoder, options, report)
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
-        train_rows, val_rows = train_val_split(conversations, options.val_size, options.seed)
+        train_rows, val_rows = split_rows(conversations, options)
         fingerprint = encoder_fingerprint(encoder)
         train = self._encode(train_rows, encoder, fingerprint, options.max_length, report, options.keep_references)
         validation = (self._encode(val_rows, encoder, fingerprint, options.max_length, report, True)
                       if val_rows else None)
-        if len(train) == 0:
-            raise DataError(f"No trainable example is left in {source}:\n{report}")
-        report.train_examples, report.val_examples = len(train), len(validation or [])
-        return PreparedData(train, validation, report, options.max_length, converted.rejects)
-
-    def collator(self, tokenizer: PreTrainedTokenizerBase) -> PaddingCollator:
-        return PaddingCollator(tokenizer.pad_token_id)
+        return finish_prepared(train, validation, report, options, parsed.rejects,
+                               longest_example=max(report.lengths, default=0))
 
     @staticmethod
     def references(dataset: Dataset, limit: int) -> list[Reference]:
@@ -104,7 +92,7 @@ def encode_conversations(
         if len(encoded.input_ids) > max_length:
             counts["truncated"] += 1
             full_trained = encoded.trained_tokens
-            encoded = fit_to_length(encoder, conversation.messages, max_length, tools=conversation.tools)
+            encoded = fit_conversation(encoder, conversation.messages, max_length, tools=conversation.tools)
             counts["truncated_trained_tokens"] += full_trained - (encoded.trained_tokens if encoded else 0)
         if encoded is None or encoded.trained_tokens == 0:
             counts["dropped"].append(
@@ -137,25 +125,13 @@ def split_last_reply(messages: list[Message]) -> Reference:
     return Reference(list(messages[:last]), reply if isinstance(reply, str) else "")
 
 
-def fit_to_length(
-    encoder: ChatEncoder, messages: list[Message], max_length: int, tools: list[dict] | None = None
-) -> Encoded | None:
-    """Shorten a conversation to `max_length` tokens, at turn boundaries where possible.
-
-    Keeps the system prompt and the latest turns: drops the oldest exchanges (each starting at
-    a user message) until the rest fits. If even the last exchange is too long, its tokens are
-    cut at the end. Returns None when no reply token would be left to train.
-    """
-    system = messages[:1] if messages[0]["role"] == "system" else []
-    rest = messages[len(system):]
-    starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > 0]
-    for start in starts:
-        shorter = encoder.encode(system + rest[start:], tools=tools)
-        if len(shorter.input_ids) <= max_length and shorter.trained_tokens:
-            return shorter
-    last = encoder.encode(system + rest[starts[-1]:] if starts else messages, tools=tools)
-    cut = Encoded(last.input_ids[:max_length], last.labels[:max_length])
-    return cut if cut.trained_tokens else None
+def sft_row_format(options: DataOptions) -> RowFormat | None:
+    """The row shape the options name (columns=, or input_key/output_key); None: detect per row."""
+    if options.columns:
+        return column_format(options.columns)
+    if options.input_key or options.output_key:
+        return key_format(options.input_key or "input", options.output_key or "output")
+    return None
 
 
 def count_unterminated_replies(encoded: Encoded, end_of_turn: set[int]) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from easyllm import ModelRunner
-from easyllm.checkpoints import latest_checkpoint
+from easyllm.train.checkpoints import latest_checkpoint
 
 data = Path(__file__).parents[1] / "data" / "identity.jsonl"
 run = Path("easyllm-runs") / "identity-multi"

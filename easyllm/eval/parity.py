@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig
 
-from .adapters import is_4bit, without_adapter
-from .data.encoding import IGNORE_INDEX, ChatEncoder
+from ..data.encoding import IGNORE_INDEX, ChatEncoder
+from ..methods import is_4bit, without_adapter
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -173,3 +173,13 @@ def _chosen_logprobs(model, sequence: list[int], prompt_length: int) -> torch.Te
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, prompt_length - 1:-1]
     chosen = ids[0, prompt_length:]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, chosen[:, None])[:, 0].cpu()
+
+
+def check_merge_parity(adapter_model, merged_model, encoder: ChatEncoder, data: Any = None,
+                       prompt_ids: list[list[int]] | None = None) -> ParityReport:
+    """`merge_parity` on `prompt_ids`, else on held-out prompts of `data` (PreparedData), else probes; printed."""
+    if not prompt_ids:
+        prompt_ids = parity_prompts(encoder, data.validation if data is not None else None)
+    report = merge_parity(adapter_model, merged_model, encoder, prompt_ids)
+    print(f"easyllm: {report}")
+    return report

@@ -18,13 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets.config
 from datasets import Dataset
+from datasets.utils.tqdm import (
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+)
 
-from . import __version__
-from .checkpoints import digest, tokenizer_fingerprint
-from .data.encoding import ChatEncoder
-from .data.formats import Conversation
-from .modeling import easyllm_home
+from ..fingerprints import digest, tokenizer_fingerprint
+from ..modeling import easyllm_home
+from ..version import __version__
+from .encoding import ChatEncoder
+from .formats import Conversation
 
 Encoding = tuple[dict[str, list], dict[str, Any]]  # (columns, counts for the data report)
 
@@ -51,6 +57,21 @@ def cache_root() -> Path:
     return easyllm_home() / "encoded"
 
 
+@contextlib.contextmanager
+def _no_datasets_progress_bars():
+    """Hide datasets' bars for the block (a cache write takes a moment and is no news), then put
+    back what was set before: bars the user turned off stay off, bars on stay on, and an explicit
+    `HF_DATASETS_DISABLE_PROGRESS_BARS` is left to decide."""
+    if are_progress_bars_disabled() or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None:
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
 def _read(folder: Path) -> tuple[Dataset, dict[str, Any]] | None:
     """A stored entry, or None when there is none (or it is damaged: it is encoded again)."""
     try:
@@ -70,7 +91,7 @@ def cached_encoding(key: str, encode: Callable[[], Encoding]) -> tuple[Dataset, 
     staging = folder.with_name(f".{key}.{os.getpid()}")
     try:
         # a read-only or full disk, or another process storing it first: train without the cache
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), _no_datasets_progress_bars():
             staging.mkdir(parents=True)
             dataset.save_to_disk(str(staging / "rows"))
             (staging / "counts.json").write_text(json.dumps(counts))

@@ -5,16 +5,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..methods import METHODS, Method, get_method
 from .resources import needs_gradient_checkpointing, prefers_bf16
 
-Method = Literal["lora", "qlora", "full"]
-METHODS: tuple[str, ...] = get_args(Method)
+TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir")
+# transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names warn):
+# the name easyllm sets first, then the other name a user may pass.
+_RENAMED = "activation_checkpointing" in TRAINER_FIELDS
+CHECKPOINTING = ("activation_checkpointing", "gradient_checkpointing")[:: 1 if _RENAMED else -1]
+CHECKPOINTING_KWARGS = tuple(f"{name}_kwargs" for name in CHECKPOINTING)
+MethodName = str  # a name registered in methods.METHODS: "lora", "qlora", "full", ...
 
 
 @dataclass
@@ -26,7 +32,7 @@ class TrainSettings:
     gets 2e-5). For models above ~1B parameters a lower rate (1e-4 to 2e-4) is safer.
     """
 
-    method: Method = "lora"
+    method: MethodName = "lora"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout costs a quarter of a CPU step and small runs rarely need it
@@ -39,7 +45,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         problems = []
         if self.method not in METHODS:
-            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS.names())}")
         if self.lora_r <= 0:
             problems.append(f"lora_r={self.lora_r}: must be a positive integer")
         if not 0 <= self.lora_dropout < 1:
@@ -47,26 +53,31 @@ class TrainSettings:
         if problems:
             raise ConfigError("Invalid training settings:\n  " + "\n  ".join(problems))
 
+    @property
+    def method_entry(self) -> Method:
+        """The registered Method named by `method` (methods.py owns what it means)."""
+        return get_method(self.method)
+
     def training_arguments(
-        self, output_dir: str, seed: int, has_eval: bool, *, model_config=None, max_length: int = 1024
+        self, output_dir: str, seed: int, has_eval: bool, *, model_config=None, longest_example: int = 1024
     ) -> TrainingArguments:
         """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here.
 
-        `max_length`: the longest example, which bounds the tokens of a step for the memory estimate.
+        `longest_example`: tokens in the longest example, which bound a step for the memory estimate.
         """
-        lr = 5e-4 if self.method in ("lora", "qlora") else 2e-5
+        method = self.method_entry
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         batch = self.trainer_args.get("per_device_train_batch_size", 8)
         if "bf16" in self.trainer_args:
             bf16 = self.trainer_args["bf16"]  # the user's choice: nothing to measure
-        else:  # 4-bit weights on the CPU stay in their fp32 compute path (bitsandbytes' CPU kernels)
-            bf16 = prefers_bf16(device) and not (self.method == "qlora" and device.type == "cpu")
+        else:
+            bf16 = prefers_bf16(device) and (device.type != "cpu" or method.cpu_bf16())
         defaults: dict[str, Any] = {
             "num_train_epochs": 3,
             "per_device_train_batch_size": 8,
             "per_device_eval_batch_size": 8,
             "gradient_accumulation_steps": 1,
-            "learning_rate": lr,
+            "learning_rate": method.learning_rate,
             "lr_scheduler_type": "cosine",
             "warmup_steps": 0.05,
             "weight_decay": 0.0,
@@ -80,10 +91,12 @@ class TrainSettings:
             "remove_unused_columns": False,
             "dataloader_pin_memory": torch.cuda.is_available(),
             "bf16": bf16,
-            "gradient_checkpointing": model_config is not None
-            and needs_gradient_checkpointing(model_config, batch * max_length, device, bf16),
-            "gradient_checkpointing_kwargs": {"use_reentrant": False},
         }
+        checkpointing = model_config is not None and needs_gradient_checkpointing(
+            model_config, batch * longest_example, device, bf16)
+        for names, value in ((CHECKPOINTING, checkpointing), (CHECKPOINTING_KWARGS, {"use_reentrant": False})):
+            if not set(names) & set(self.trainer_args):  # either name, old or new, is the user's choice
+                defaults[names[0]] = value
         args = {**defaults, **self.trainer_args}
         if args["bf16"] and device.type == "cpu" and "use_cpu" not in args:
             args["use_cpu"] = True  # TrainingArguments allows bf16 without a GPU only when told it is on the CPU
@@ -91,7 +104,6 @@ class TrainSettings:
 
 
 SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "trainer_args")
-TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir")
 
 
 def build_settings(base: TrainSettings, overrides: dict[str, Any]) -> TrainSettings:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .adapters import without_adapter
+from ..methods import without_adapter
 
 # The backward may recompute cheap element-wise results (bf16 casts of frozen weights, SiLU times
 # up-projection, norms) instead of keeping them from the forward; torch's partitioner bans these by

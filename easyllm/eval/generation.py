@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import torch
 
-from .data.encoding import ChatEncoder
-from .data.formats import Message
+from ..data.encoding import ChatEncoder
+from ..data.formats import Message
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 # Qwen3-style templates train an empty reasoning block before each reply; it is not an answer.
@@ -98,12 +98,12 @@ def _generate_one_batch(model, encoder: ChatEncoder, conversations: list[list[Me
     return replies
 
 
-def generate_replies(
-    model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
-    stop: list[str] | None = None, **sampling: Any,
-) -> list[str]:
-    """The text of each reply (see generate_batch)."""
-    return [reply.text for reply in generate_batch(model, encoder, conversations, max_new_tokens, stop, **sampling)]
+def as_conversation(prompt: str | list[Message], system: str | None = None) -> list[Message]:
+    """A prompt as the messages generate() renders: a str is one user turn; `system` goes first."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 def stream_reply(

@@ -23,17 +23,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .checkpoints import dataset_fingerprint, digest, tokenizer_fingerprint
-from .config import SETTINGS_FIELDS, TrainSettings
+from ..data.prepared import DataOptions
+from ..files import write_text_atomic
+from ..fingerprints import dataset_fingerprint, digest, tokenizer_fingerprint
+from ..train.settings import SETTINGS_FIELDS, TrainSettings
+from ..version import __version__
 from .drift import template_fingerprint
-from .tasks.base import DataOptions
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-    from .data.templates import ResolvedTemplate
-    from .tasks.base import PreparedData
+    from ..data.prepared import PreparedData
+    from ..data.templates import ResolvedTemplate
 
 REPRODUCE_FILE = "reproduce.json"
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "tokenizers",
@@ -85,11 +86,19 @@ def reproduction_record(
 def write_reproduction_record(folder: str | os.PathLike, **details: Any) -> Path:
     """Write reproduce.json into `folder` (whole or not at all); `details` as for `reproduction_record`."""
     text = redact(json.dumps(reproduction_record(**details), indent=2, default=str) + "\n")
-    path = Path(folder) / REPRODUCE_FILE
-    staging = path.with_name(f".{REPRODUCE_FILE}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
-    return path
+    return write_text_atomic(Path(folder) / REPRODUCE_FILE, text)
+
+
+def cached_revision(source: str) -> str | None:
+    """The commit of a hub model as the local Hugging Face cache holds it; None for a local folder."""
+    if Path(source).is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(source, "config.json")
+    if not isinstance(path, str) or "/snapshots/" not in path:
+        return None
+    return path.split("/snapshots/", 1)[1].split("/", 1)[0]
 
 
 def environment() -> dict[str, Any]:

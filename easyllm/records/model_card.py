@@ -7,7 +7,11 @@ from typing import Any
 
 import yaml
 
-from .modeling import public_model_name
+from ..modeling import public_model_name
+
+# The project's documentation, the `Documentation` entry of pyproject.toml's [project.urls] (a test
+# keeps the two equal). Not a PyPI page: the PyPI name `easyllm` belongs to another project.
+DOCS_URL = "https://github.com/easyllm-sdk/easyllm/tree/main/docs"
 
 _SETTINGS_SHOWN = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "packing")
 _TRAINER_SHOWN = ("num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
@@ -32,7 +36,7 @@ def model_card(info: dict[str, Any], settings: dict[str, Any], metrics: dict[str
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=True).strip(), "---", "",
         f"# {repo_id or 'Fine-tuned model'}", "",
-        f"Fine-tuned with [easyllm](https://pypi.org/project/easyllm/) ({info['task']}, {info['method']})"
+        f"Fine-tuned with [easyllm]({DOCS_URL}) ({info['task']}, {info['method']})"
         + (f" from `{base}`." if base else "."), "",
         "## Training settings", "",
         *[f"- `{key}`: {value}" for key, value in sorted(shown.items())], "",

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-from .adapters import without_adapter
+from ..methods import without_adapter
 
 NAME = "easyllm_packed"
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapters import without_adapter
-from .data.encoding import IGNORE_INDEX
+from ..data.encoding import IGNORE_INDEX
+from ..methods import without_adapter
 
 CHUNK_TOKENS = 512  # one chunk's logits and their gradient: 2 x 512 x 49,152 bf16 values, 100 MB
 

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..notebook import loss_figure
 from .attention import packed_attention
 from .checkpoints import ResumableMixin
 from .compilation import compiled_layers, should_compile
 from .loss import trained_token_loss
-from .notebook import loss_figure
 from .resources import release_freed_activations
 
 if TYPE_CHECKING:
-    from .tasks.base import PreparedData
+    from ..data.prepared import PreparedData
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainResult:
         return f"TrainResult({shown}; saved in {self.output_dir})"
 
     def _repr_html_(self) -> str:
-        from .notebook import html_table
+        from ..notebook import html_table
 
         return html_table({**self.metrics, "saved in": str(self.output_dir)}, "TrainResult")
 

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 import torch
 from datasets import Dataset
 
-from .data.encoding import ChatEncoder
-from .data.formats import Message
+from ..data.encoding import ChatEncoder
+from ..data.formats import Message
+from ..notebook import Metrics, html_grid, in_notebook
+from ..train.loss import trained_token_loss
 from .generation import Reply, generate_batch
-from .loss import trained_token_loss
-from .notebook import Metrics, html_grid, in_notebook
 from .text_metrics import score_replies
 
 EVALUATION_FILE = "evaluation.json"

@@ -22,8 +22,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoints import digest
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..fingerprints import digest
 
 FINGERPRINT_VERSION = 1
 # A conversation that exercises every role once and a second turn (history rendered as history).

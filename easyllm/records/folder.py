@@ -1,0 +1,118 @@
+"""The saved-model folder: what save() and merge() write, and what load() reads back.
+
+A saved folder holds the adapter (or, after full fine-tuning, the weights), the tokenizer with
+the training chat template, a model card and `easyllm.json` (`SaveInfo`: how to rebuild the
+runner). Everything is written into a hidden staging folder first and moved in with
+easyllm.json last, so a folder that has easyllm.json is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..adapters import copy_dequantized_weights
+from ..data.rows import Reject, write_rejects
+from ..errors import ModelLoadError
+from ..files import CARD_FILE, REJECTS_FILE, move_into, staged_folder
+from ..methods import is_4bit, load_adapter, without_adapter
+from ..version import __version__
+
+SAVE_INFO_FILE = "easyllm.json"
+
+
+@dataclass
+class SaveInfo:
+    """What easyllm.json holds: enough to rebuild the runner that saved the folder.
+
+    `base_model`: where the base weights come from (None: the folder holds full weights).
+    `max_length`: what the data was cut to in training; later encodings cut the same way.
+    `task_info`: what a task whose model is built from the data needs (classify: its labels).
+    """
+
+    task: str
+    method: str
+    adapter: bool
+    base_model: str | None
+    trust_remote_code: bool = False
+    max_length: int = 1024
+    task_info: dict[str, Any] | None = None
+    template_fingerprint: dict[str, Any] | None = None
+    easyllm_version: str = field(default=__version__)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items()
+                if value is not None or key in ("base_model",)}
+
+    @classmethod
+    def read(cls, folder: str | Path) -> SaveInfo:
+        """The SaveInfo of a folder written by save(); ModelLoadError if it is not one."""
+        path = Path(folder) / SAVE_INFO_FILE
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{folder} is not an easyllm save ({SAVE_INFO_FILE} is missing). To start from a plain "
+                f"model folder use ModelRunner('{folder}')."
+            )
+        saved = json.loads(path.read_text())
+        known = {key: saved[key] for key in cls.__dataclass_fields__ if key in saved}
+        return cls(**known)
+
+
+def save_model_folder(
+    target: str | Path, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, info: SaveInfo, *,
+    card: str, run_records: Callable[[Path], None] | None = None, rejects: Iterable[Reject] = (),
+) -> Path:
+    """Write the weights that differ from the base, the tokenizer, the card and easyllm.json (last).
+
+    An adapter is saved when the model has one; full weights only when `info` names no base
+    model to rebuild from (full fine-tuning). An untrained LoRA runner saves no weights at all.
+    `run_records` writes a finished run's metrics and loss plot into the folder being staged.
+    """
+    target = Path(target)
+    with staged_folder(target, prefix=".saving-") as staging:
+        if model is not None and (info.adapter or info.base_model is None):
+            model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if run_records is not None:
+            run_records(staging)
+        rejects = list(rejects)
+        if rejects:
+            write_rejects(rejects, staging / REJECTS_FILE)
+        (staging / CARD_FILE).write_text(card)
+        (staging / SAVE_INFO_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
+        move_into(staging, target, last=SAVE_INFO_FILE)
+    return target
+
+
+def merged_weights(model: PeftModel, load_base: Callable[[], PreTrainedModel]) -> PreTrainedModel:
+    """The adapter merged into full-precision base weights (`load_base` loads them fresh).
+
+    A QLoRA adapter learned its correction on top of the 4-bit weights, not the originals: it
+    is merged into the de-quantized 4-bit weights, so the merged model answers like the adapter.
+    """
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        model.save_pretrained(adapter_dir)
+        base = load_base()
+        if is_4bit(without_adapter(model)):
+            copy_dequantized_weights(without_adapter(model), base)
+        return load_adapter(base, adapter_dir, trainable=False).merge_and_unload()
+
+
+def save_merged_folder(target: str | Path, merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       extra: Callable[[Path], None] | None = None) -> Path:
+    """A plain transformers folder: merged weights and tokenizer (and what `extra` writes, e.g. parity.json)."""
+    target = Path(target)
+    with staged_folder(target, prefix=".merging-") as staging:
+        if extra is not None:
+            extra(staging)
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        move_into(staging, target)
+    return target
