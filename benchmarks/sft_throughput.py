@@ -44,8 +44,16 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 DATA_FILE = Path("/work/shared/data/alpaca_en_demo.json")
-CONFIG_ORDER = ("easyllm", "trl-default", "trl-tuned", "trainer-padded", "easyllm-fp32", "easyllm-eager",
-                "easyllm-no-ckpt", "easyllm-ckpt")
+CONFIG_ORDER = (
+    "easyllm",
+    "trl-default",
+    "trl-tuned",
+    "trainer-padded",
+    "easyllm-fp32",
+    "easyllm-eager",
+    "easyllm-no-ckpt",
+    "easyllm-ckpt",
+)
 DEFAULT_CONFIGS = ("easyllm", "trl-default", "trl-tuned", "trainer-padded")
 MAX_LENGTH = 512
 BATCH_SIZE = 8
@@ -54,9 +62,22 @@ SEED = 42
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 # SFTConfig fields whose defaults matter here, recorded from the installed TRL by the trl-default run.
 TRL_FIELDS = (
-    "gradient_checkpointing", "bf16", "packing", "packing_strategy", "padding_free", "assistant_only_loss",
-    "completion_only_loss", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_steps", "optim",
-    "weight_decay", "logging_steps", "max_length", "pad_to_multiple_of",
+    "gradient_checkpointing",
+    "bf16",
+    "packing",
+    "packing_strategy",
+    "padding_free",
+    "assistant_only_loss",
+    "completion_only_loss",
+    "loss_type",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "optim",
+    "weight_decay",
+    "logging_steps",
+    "max_length",
+    "pad_to_multiple_of",
 )
 
 SETTINGS = {
@@ -102,8 +123,14 @@ def load_chats(rows: int) -> list[dict[str, Any]]:
     chats = []
     for record in records:
         prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        chats.append({"messages": [{"role": "user", "content": prompt},
-                                   {"role": "assistant", "content": record["output"]}]})
+        chats.append(
+            {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": record["output"]},
+                ]
+            }
+        )
     return chats
 
 
@@ -122,12 +149,16 @@ class RecordingCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(examples)
         labels = batch["labels"]
-        self.batches.append({
-            "examples": sum(len(e["seq_lengths"]) if "seq_lengths" in e else 1 for e in examples),
-            "real_tokens": sum(len(e["input_ids"]) for e in examples),
-            "positions": int(batch["input_ids"].numel()),
-            "trained_tokens": int((labels[:, 1:] != -100).sum()),
-        })
+        self.batches.append(
+            {
+                "examples": sum(
+                    len(e["seq_lengths"]) if "seq_lengths" in e else 1 for e in examples
+                ),
+                "real_tokens": sum(len(e["input_ids"]) for e in examples),
+                "positions": int(batch["input_ids"].numel()),
+                "trained_tokens": int((labels[:, 1:] != -100).sum()),
+            }
+        )
         return batch
 
 
@@ -198,8 +229,9 @@ def lora_config():
 
 
 # -- the four configurations: each builds and runs one trainer --------------------------------
-def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict,
-                **forced: Any) -> None:
+def run_easyllm(
+    model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict, **forced: Any
+) -> None:
     import easyllm.train.compilation
     import easyllm.train.engine
     from easyllm import ModelRunner
@@ -207,33 +239,64 @@ def run_easyllm(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str
     compile_layers = easyllm.train.engine.compiled_layers
 
     def recording(model, enabled):  # records how many layers easyllm compiled
-        probe["compiled_layers"] = len(easyllm.train.compilation.decoder_layers(model)) if enabled else 0
+        probe["compiled_layers"] = (
+            len(easyllm.train.compilation.decoder_layers(model)) if enabled else 0
+        )
         return compile_layers(model, enabled)
 
     easyllm.train.engine.compiled_layers = recording
     runner = ModelRunner(model_dir)
     runner.load_data(chats, val_size=0, max_length=MAX_LENGTH)
-    runner.train(max_steps=max_steps, per_device_train_batch_size=BATCH_SIZE, lora_r=LORA["r"],
-                 lora_alpha=LORA["lora_alpha"], output_dir=out, disable_tqdm=True, logging_steps=1,
-                 **device_overrides(gpu), **forced)
+    runner.train(
+        max_steps=max_steps,
+        per_device_train_batch_size=BATCH_SIZE,
+        lora_r=LORA["r"],
+        lora_alpha=LORA["lora_alpha"],
+        output_dir=out,
+        disable_tqdm=True,
+        logging_steps=1,
+        **device_overrides(gpu),
+        **forced,
+    )
 
 
-def run_trl(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict, *, tuned: bool) -> None:
+def run_trl(
+    model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict, *, tuned: bool
+) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     placement = device_overrides(gpu)
     from easyllm.train.resources import prefers_bf16
 
-    tuning = {"packing": True, "packing_strategy": "bfd", "gradient_checkpointing": False,
-              "bf16": placement.get("bf16", prefers_bf16(torch.device("cpu")))} if tuned else {}
+    tuning = (
+        {
+            "packing": True,
+            "packing_strategy": "bfd",
+            "gradient_checkpointing": False,
+            "bf16": placement.get("bf16", prefers_bf16(torch.device("cpu"))),
+        }
+        if tuned
+        else {}
+    )
     args = SFTConfig(
-        output_dir=out, max_length=MAX_LENGTH, per_device_train_batch_size=BATCH_SIZE, max_steps=max_steps,
-        seed=SEED, learning_rate=LEARNING_RATE, report_to="none", logging_steps=1, disable_tqdm=True,
-        **placement, **tuning,
+        output_dir=out,
+        max_length=MAX_LENGTH,
+        per_device_train_batch_size=BATCH_SIZE,
+        max_steps=max_steps,
+        seed=SEED,
+        learning_rate=LEARNING_RATE,
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        **placement,
+        **tuning,
     )
     trainer = SFTTrainer(
-        model=model_dir, args=args, train_dataset=Dataset.from_list(chats), peft_config=lora_config()
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(chats),
+        peft_config=lora_config(),
     )
     probe["trl_settings"] = {name: getattr(args, name) for name in TRL_FIELDS}
     probe["trl_settings"]["padding_free (effective)"] = trainer.padding_free
@@ -241,7 +304,9 @@ def run_trl(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, pr
     trainer.train()
 
 
-def run_trainer_padded(model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict) -> None:
+def run_trainer_padded(
+    model_dir: str, chats: list, max_steps: int, gpu: bool, out: str, probe: dict
+) -> None:
     from peft import get_peft_model
     from transformers import (
         AutoModelForCausalLM,
@@ -260,15 +325,26 @@ def run_trainer_padded(model_dir: str, chats: list, max_steps: int, gpu: bool, o
     encoder = ChatEncoder(tokenizer)
     ensure_pad_token(tokenizer, model, encoder.end_of_turn_ids)  # as easyllm: pad is not <|im_end|>
     options = DataOptions(val_size=0, seed=SEED, max_length=MAX_LENGTH)
-    train = TASKS.get("sft").prepare(read_source(chats), encoder, options).train  # easyllm's examples
+    train = (
+        TASKS.get("sft").prepare(read_source(chats), encoder, options).train
+    )  # easyllm's examples
     args = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=BATCH_SIZE, max_steps=max_steps, seed=SEED,
-        learning_rate=LEARNING_RATE, report_to="none", logging_steps=1, disable_tqdm=True, save_strategy="no",
+        output_dir=out,
+        per_device_train_batch_size=BATCH_SIZE,
+        max_steps=max_steps,
+        seed=SEED,
+        learning_rate=LEARNING_RATE,
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        save_strategy="no",
         **device_overrides(gpu),
     )
     torch.manual_seed(SEED)  # LoRA's initial weights
     trainer = Trainer(
-        model=get_peft_model(model, lora_config()), args=args, train_dataset=train,
+        model=get_peft_model(model, lora_config()),
+        args=args,
+        train_dataset=train,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
     trainer.train()
@@ -299,22 +375,30 @@ def child(opts: argparse.Namespace) -> None:
     max_steps = opts.warmup + opts.steps
     observe_trainers(probe)
     with tempfile.TemporaryDirectory() as out:
-        CONFIGS[opts.run](resolve_model(None), load_chats(opts.rows), max_steps, opts.gpu, out, probe)
+        CONFIGS[opts.run](
+            resolve_model(None), load_chats(opts.rows), max_steps, opts.gpu, out, probe
+        )
     trainer = probe["trainer"]
     clock, batches = trainer.clock, trainer.data_collator.batches
     if len(clock.ends) != max_steps or len(batches) < max_steps:
-        raise RuntimeError(f"{opts.run}: {max_steps} steps expected, {len(clock.ends)} timed, "
-                           f"{len(batches)} batches recorded")
-    timed = batches[opts.warmup:max_steps]
+        raise RuntimeError(
+            f"{opts.run}: {max_steps} steps expected, {len(clock.ends)} timed, "
+            f"{len(batches)} batches recorded"
+        )
+    timed = batches[opts.warmup : max_steps]
     wall = clock.ends[-1] - (clock.ends[opts.warmup - 1] if opts.warmup else clock.train_begin)
-    compute = sum(end - begin for begin, end in zip(clock.begins[opts.warmup:], clock.ends[opts.warmup:]))
+    compute = sum(
+        end - begin for begin, end in zip(clock.begins[opts.warmup :], clock.ends[opts.warmup :])
+    )
     total = lambda key: sum(batch[key] for batch in timed)
     params = list(trainer.model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    frozen = sum(p.numel() for p in params if not p.requires_grad)  # the base model (tied weights once)
+    frozen = sum(
+        p.numel() for p in params if not p.requires_grad
+    )  # the base model (tied weights once)
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     timed_losses = [loss for step, loss in losses if step > opts.warmup]
-    window = timed_losses[-opts.loss_window:]
+    window = timed_losses[-opts.loss_window :]
     real = total("real_tokens")
     result = {
         "config": opts.run,
@@ -341,7 +425,9 @@ def child(opts: argparse.Namespace) -> None:
         "flops_4nd_per_s": 4 * frozen * real / wall,
         "peak_rss_gib": peak_rss_gib(),
         "setup_rss_gib": probe.get("setup_rss_gib"),
-        "cuda_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "cuda_peak_gib": torch.cuda.max_memory_allocated() / 2**30
+        if torch.cuda.is_available()
+        else None,
         "losses": [loss for _, loss in losses],
         "final_loss": statistics.fmean(window) if window else None,
         "process_s": time.perf_counter() - start,
@@ -352,10 +438,15 @@ def child(opts: argparse.Namespace) -> None:
 
 
 # -- the parent: reference matmul rate, the runs, the report ----------------------------------
-def matmul_rate(dtype_name: str, gpu: bool, n: int = 2048, repeats: int = 8, rounds: int = 3) -> float:
+def matmul_rate(
+    dtype_name: str, gpu: bool, n: int = 2048, repeats: int = 8, rounds: int = 3
+) -> float:
     """Best FLOP/s of an n x n matmul in this process (same threads as the children)."""
     device, dtype = ("cuda" if gpu else "cpu"), getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a, b = (
+        torch.randn(n, n, device=device, dtype=dtype),
+        torch.randn(n, n, device=device, dtype=dtype),
+    )
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     a @ b
     sync()
@@ -369,13 +460,27 @@ def matmul_rate(dtype_name: str, gpu: bool, n: int = 2048, repeats: int = 8, rou
     return best
 
 
-def run_child(name: str, opts: argparse.Namespace, log_dir: Path, index: int) -> dict[str, Any] | str:
+def run_child(
+    name: str, opts: argparse.Namespace, log_dir: Path, index: int
+) -> dict[str, Any] | str:
     """Run one configuration in a fresh process: its measurements, or why it failed."""
     result, log = log_dir / f"{index:02d}-{name}.json", log_dir / f"{index:02d}-{name}.log"
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--run", name, "--result", str(result),
-        "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--rows", str(opts.rows),
-        "--loss-window", str(opts.loss_window), *(["--gpu"] if opts.gpu else []),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--run",
+        name,
+        "--result",
+        str(result),
+        "--steps",
+        str(opts.steps),
+        "--warmup",
+        str(opts.warmup),
+        "--rows",
+        str(opts.rows),
+        "--loss-window",
+        str(opts.loss_window),
+        *(["--gpu"] if opts.gpu else []),
     ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     if not opts.gpu:
@@ -383,8 +488,14 @@ def run_child(name: str, opts: argparse.Namespace, log_dir: Path, index: int) ->
     begin = time.perf_counter()
     with log.open("w") as handle:
         try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                  timeout=opts.child_timeout, check=False).returncode
+            code = subprocess.run(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=opts.child_timeout,
+                check=False,
+            ).returncode
         except subprocess.TimeoutExpired:
             code = f"timeout after {opts.child_timeout} s"
     if code != 0:
@@ -393,8 +504,11 @@ def run_child(name: str, opts: argparse.Namespace, log_dir: Path, index: int) ->
         print(message, flush=True)
         return message
     data = json.loads(result.read_text())
-    print(f"  {name}: {data['trained_tokens_per_s']:.0f} trained tok/s, {data['s_per_step']:.1f} s/step, "
-          f"peak RSS {data['peak_rss_gib']:.2f} GiB ({time.perf_counter() - begin:.0f} s)", flush=True)
+    print(
+        f"  {name}: {data['trained_tokens_per_s']:.0f} trained tok/s, {data['s_per_step']:.1f} s/step, "
+        f"peak RSS {data['peak_rss_gib']:.2f} GiB ({time.perf_counter() - begin:.0f} s)",
+        flush=True,
+    )
     return data
 
 
@@ -403,15 +517,26 @@ def machine(gpu: bool) -> dict[str, Any]:
     import transformers
     import trl
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
     info = {
-        "cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "cpu_bf16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
         "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     if gpu:
@@ -450,7 +575,10 @@ def derive(run: dict[str, Any], reference_flops: float) -> None:
     run["examples_per_step"] = run["examples"] / steps
     run["trained_per_step"] = run["trained_tokens"] / steps
     run["real_per_step"] = run["real_tokens"] / steps
-    run["gflops_6nd"], run["gflops_4nd"] = run["flops_6nd_per_s"] / 1e9, run["flops_4nd_per_s"] / 1e9
+    run["gflops_6nd"], run["gflops_4nd"] = (
+        run["flops_6nd_per_s"] / 1e9,
+        run["flops_4nd_per_s"] / 1e9,
+    )
     run["mfu_6nd"] = run["flops_6nd_per_s"] / reference_flops
     run["mfu_4nd"] = run["flops_4nd_per_s"] / reference_flops
 
@@ -459,7 +587,9 @@ def cell(value: Any, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
-def header(opts: argparse.Namespace, info: dict, rates: dict, reference: str, command: str) -> list[str]:
+def header(
+    opts: argparse.Namespace, info: dict, rates: dict, reference: str, command: str
+) -> list[str]:
     machine_line = (
         f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
         f"{info['memory_gib']:.0f} GiB RAM"
@@ -576,7 +706,12 @@ def section(name: str, config_runs: list[dict[str, Any]], trl_version: str) -> l
 
 
 def report(
-    opts: argparse.Namespace, info: dict, rates: dict, reference: str, runs: dict[str, list], command: str
+    opts: argparse.Namespace,
+    info: dict,
+    rates: dict,
+    reference: str,
+    runs: dict[str, list],
+    command: str,
 ) -> str:
     lines = header(opts, info, rates, reference, command) + [""] + summary(runs)
     for name, config_runs in runs.items():
@@ -614,8 +749,15 @@ def parent(opts: argparse.Namespace) -> None:
                 runs[name].append(run)
     info["load_after"] = os.getloadavg()[0]
     runs = {name: config_runs for name, config_runs in runs.items() if config_runs}
-    payload = {"command": command, "machine": info, "matmul_flops": rates, "reference": reference,
-               "options": vars(opts), "failures": failures, "runs": runs}
+    payload = {
+        "command": command,
+        "machine": info,
+        "matmul_flops": rates,
+        "reference": reference,
+        "options": vars(opts),
+        "failures": failures,
+        "runs": runs,
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     text = report(opts, info, rates, reference, runs, command)
     if failures:
@@ -626,17 +768,29 @@ def parent(opts: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per configuration")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=6, help="timed optimizer steps per configuration"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=1, help="cycles through all configurations")
     parser.add_argument("--rows", type=int, default=256, help="alpaca rows used as training data")
-    parser.add_argument("--loss-window", type=int, default=3, help="final loss = mean of this many last steps")
+    parser.add_argument(
+        "--loss-window", type=int, default=3, help="final loss = mean of this many last steps"
+    )
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIG_ORDER)
-    parser.add_argument("--gpu", action="store_true", help="run on CUDA, every configuration in bf16 autocast")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="folder for RESULTS.md")
+    parser.add_argument(
+        "--gpu", action="store_true", help="run on CUDA, every configuration in bf16 autocast"
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent), help="folder for RESULTS.md"
+    )
     parser.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
-    parser.add_argument("--child-timeout", type=int, default=1800, help="seconds before a run is killed")
+    parser.add_argument(
+        "--child-timeout", type=int, default=1800, help="seconds before a run is killed"
+    )
     parser.add_argument("--run", choices=CONFIG_ORDER, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

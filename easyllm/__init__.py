@@ -27,6 +27,16 @@ from .tasks import register_task
 from .version import __version__
 
 __all__ = [
-    "ConfigError", "DataError", "EasyLLMError", "Endpoint", "ModelLoadError", "ModelRunner", "SaveError",
-    "UnknownNameError", "UsageError", "__version__", "register_task", "synthesize",
+    "ConfigError",
+    "DataError",
+    "EasyLLMError",
+    "Endpoint",
+    "ModelLoadError",
+    "ModelRunner",
+    "SaveError",
+    "UnknownNameError",
+    "UsageError",
+    "__version__",
+    "register_task",
+    "synthesize",
 ]

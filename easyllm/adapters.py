@@ -46,7 +46,9 @@ def copy_dequantized_weights(quantized: PreTrainedModel, target: PreTrainedModel
     from bitsandbytes.functional import dequantize_4bit
     from bitsandbytes.nn import Linear4bit
 
-    keep_4bit_weights_trainable(quantized)  # the CPU inference packing cannot be de-quantized directly
+    keep_4bit_weights_trainable(
+        quantized
+    )  # the CPU inference packing cannot be de-quantized directly
     targets = dict(target.named_modules())
     copied = 0
     for name, module in quantized.named_modules():
@@ -54,7 +56,9 @@ def copy_dequantized_weights(quantized: PreTrainedModel, target: PreTrainedModel
             continue
         plain = targets.get(_plain_name(name))
         if plain is None:
-            raise KeyError(f"{name}: no layer of that name in the full-precision model to merge into")
+            raise KeyError(
+                f"{name}: no layer of that name in the full-precision model to merge into"
+            )
         weight = dequantize_4bit(module.weight.data, module.weight.quant_state)
         plain.weight.data.copy_(weight.reshape(plain.weight.shape).to(plain.weight.dtype))
         copied += 1

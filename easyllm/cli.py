@@ -1,11 +1,11 @@
 """`easyllm` on the command line: a thin layer that parses arguments and calls ModelRunner.
 
-    easyllm train --model M --data F [--task sft] [--method lora] [--epochs 3] [--output-dir D]
-    easyllm train config.yaml                 # the same keys as the Python arguments
-    easyllm generate RUN_DIR --prompt "..."   easyllm chat RUN_DIR
-    easyllm eval RUN_DIR --data F             easyllm export RUN_DIR --merge OUT_DIR
-    easyllm serve RUN_DIR_OR_MODEL [--port 8000]
-    easyllm synthesize PROMPTS (--teacher RUN_DIR_OR_MODEL | --endpoint URL --endpoint-model NAME)
+easyllm train --model M --data F [--task sft] [--method lora] [--epochs 3] [--output-dir D]
+easyllm train config.yaml                 # the same keys as the Python arguments
+easyllm generate RUN_DIR --prompt "..."   easyllm chat RUN_DIR
+easyllm eval RUN_DIR --data F             easyllm export RUN_DIR --merge OUT_DIR
+easyllm serve RUN_DIR_OR_MODEL [--port 8000]
+easyllm synthesize PROMPTS (--teacher RUN_DIR_OR_MODEL | --endpoint URL --endpoint-model NAME)
 """
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ from .errors import ConfigError, EasyLLMError
 
 RUNNER_KEYS = ("model", "task", "method", "template", "trust_remote_code", "seed")
 RUN_KEYS = ("resume", "overwrite")
-DATA_KEYS = ("data", "val_size", "max_length", "input_key", "output_key", "columns", "on_bad_rows",
-             "train_on", "on_control_tokens")
+DATA_KEYS = (
+    "data",
+    "val_size",
+    "max_length",
+    "input_key",
+    "output_key",
+    "columns",
+    "on_bad_rows",
+    "train_on",
+    "on_control_tokens",
+)
 
 
 def _runner(run_dir: str):
@@ -54,7 +63,11 @@ def run_training(config: dict[str, Any]) -> None:
     from .runner import ModelRunner
     from .train.settings import SETTINGS_FIELDS, TRAINER_FIELDS
 
-    unknown = [k for k in config if k not in RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS]
+    unknown = [
+        k
+        for k in config
+        if k not in RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS
+    ]
     if unknown:
         raise ConfigError(
             f"Unknown setting(s): {', '.join(unknown)}. Valid: "
@@ -77,19 +90,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.config:
         config = config_from_yaml(Path(args.config))
     else:
-        config = {"model": args.model, "data": args.data, "task": args.task, "method": args.method,
-                  "num_train_epochs": args.epochs, "output_dir": args.output_dir}
+        config = {
+            "model": args.model,
+            "data": args.data,
+            "task": args.task,
+            "method": args.method,
+            "num_train_epochs": args.epochs,
+            "output_dir": args.output_dir,
+        }
     config.update({k: True for k in ("resume", "overwrite") if getattr(args, k)})
     run_training({k: v for k, v in config.items() if v is not None})
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    print(_runner(args.run_dir).generate(args.prompt, max_new_tokens=args.max_new_tokens, system=args.system))
+    print(
+        _runner(args.run_dir).generate(
+            args.prompt, max_new_tokens=args.max_new_tokens, system=args.system
+        )
+    )
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     runner = _runner(args.run_dir)
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict[str, str]] = (
+        [{"role": "system", "content": args.system}] if args.system else []
+    )
     print("Chatting with", args.run_dir, "(empty line or Ctrl-D to quit)")
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
         text = line.strip()
@@ -106,63 +131,113 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     result = _runner(args.run_dir).evaluate(
-        args.data, batch_size=args.batch_size, max_samples=args.max_samples,
-        max_new_tokens=args.max_new_tokens, generate=args.generate, compare=args.compare,
+        args.data,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        max_new_tokens=args.max_new_tokens,
+        generate=args.generate,
+        compare=args.compare,
     )
     print(json.dumps(dict(result), indent=2))  # stdout stays the metrics as JSON
     print(f"Replies side by side: {Path(args.run_dir) / 'evaluation.json'}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    print(f"Merged weights written to {_runner(args.run_dir).merge(args.merge, check=not args.no_check)}")
+    print(
+        f"Merged weights written to {_runner(args.run_dir).merge(args.merge, check=not args.no_check)}"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    serve(_any_runner(args.model), args.host, args.port, model_name=args.name,
-          announce=lambda line: print(line, flush=True))
+    serve(
+        _any_runner(args.model),
+        args.host,
+        args.port,
+        model_name=args.name,
+        announce=lambda line: print(line, flush=True),
+    )
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from .synthesis import Endpoint, synthesize
 
     if (args.teacher is None) == (args.endpoint is None):
-        raise ConfigError("Name one teacher: --teacher RUN_DIR_OR_MODEL, or --endpoint URL with --endpoint-model NAME.")
+        raise ConfigError(
+            "Name one teacher: --teacher RUN_DIR_OR_MODEL, or --endpoint URL with --endpoint-model NAME."
+        )
     if args.endpoint is not None and not args.endpoint_model:
-        raise ConfigError("--endpoint needs --endpoint-model NAME (the model the server should use).")
-    teacher = (_any_runner(args.teacher) if args.teacher is not None else
-               Endpoint(args.endpoint_model, base_url=args.endpoint, api_key_env=args.api_key_env,
-                        concurrency=args.concurrency))
+        raise ConfigError(
+            "--endpoint needs --endpoint-model NAME (the model the server should use)."
+        )
+    teacher = (
+        _any_runner(args.teacher)
+        if args.teacher is not None
+        else Endpoint(
+            args.endpoint_model,
+            base_url=args.endpoint,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+        )
+    )
     sampling = {"temperature": args.temperature} if args.temperature else {}
-    path = synthesize(args.inputs, teacher, output=args.output, system=args.system, n=args.n,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, column=args.column,
-                      min_chars=args.min_chars, max_chars=args.max_chars, **sampling)
+    path = synthesize(
+        args.inputs,
+        teacher,
+        output=args.output,
+        system=args.system,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        column=args.column,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        **sampling,
+    )
     print(f"Training rows in {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easyllm", description="Fine-tune a language model in three lines.")
+    parser = argparse.ArgumentParser(
+        prog="easyllm", description="Fine-tune a language model in three lines."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub
 
     train = add("train", cmd_train, "Fine-tune a model on a data file, or as a YAML config says.")
-    train.add_argument("config", nargs="?", help="a YAML file whose keys are ModelRunner/load_data/train arguments")
-    train.add_argument("--model", help="hub id, local folder, or built-in name (default: the built-in model)")
-    train.add_argument("--data", help="training data: .jsonl, .json, .csv, .parquet, .txt or a folder")
+    train.add_argument(
+        "config", nargs="?", help="a YAML file whose keys are ModelRunner/load_data/train arguments"
+    )
+    train.add_argument(
+        "--model", help="hub id, local folder, or built-in name (default: the built-in model)"
+    )
+    train.add_argument(
+        "--data", help="training data: .jsonl, .json, .csv, .parquet, .txt or a folder"
+    )
     train.add_argument("--task", help="task name (default: sft)")
     train.add_argument("--method", help="lora (default), qlora, full, or another registered method")
     train.add_argument("--epochs", type=float, help="number of training epochs")
-    train.add_argument("--output-dir", help="where to write the run (default: a fresh folder in easyllm-runs/)")
-    train.add_argument("--resume", action="store_true", help="continue the newest checkpoint of the run")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
+    train.add_argument(
+        "--output-dir", help="where to write the run (default: a fresh folder in easyllm-runs/)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue the newest checkpoint of the run"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --output-dir"
+    )
 
-    for name, handler, help_text in (("generate", cmd_generate, "Answer one prompt with a trained run."),
-                                     ("chat", cmd_chat, "Chat with a trained run, streaming the replies.")):
+    for name, handler, help_text in (
+        ("generate", cmd_generate, "Answer one prompt with a trained run."),
+        ("chat", cmd_chat, "Chat with a trained run, streaming the replies."),
+    ):
         sub = add(name, handler, help_text)
         sub.add_argument("run_dir", help="a folder written by train() or save()")
         if name == "generate":
@@ -173,41 +248,89 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("eval", cmd_eval, "Held-out metrics of a trained run on a data file.")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--compare", action="store_true",
-                          help="also answer with the adapter off (the base model), side by side")
-    evaluate.add_argument("--max-samples", type=int, default=32,
-                          help="held-out prompts to answer (generation is the costly part)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=None,
-                          help="reply length limit (default: 256, or 2x the longest reference + 16)")
+    evaluate.add_argument(
+        "--compare",
+        action="store_true",
+        help="also answer with the adapter off (the base model), side by side",
+    )
+    evaluate.add_argument(
+        "--max-samples",
+        type=int,
+        default=32,
+        help="held-out prompts to answer (generation is the costly part)",
+    )
+    evaluate.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="reply length limit (default: 256, or 2x the longest reference + 16)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--no-generate", dest="generate", action="store_false", help="loss and perplexity only")
+    evaluate.add_argument(
+        "--no-generate", dest="generate", action="store_false", help="loss and perplexity only"
+    )
 
     export = add("export", cmd_export, "Merge a LoRA run into full-precision weights.")
     export.add_argument("run_dir")
-    export.add_argument("--merge", required=True, metavar="OUT_DIR", help="folder for the merged model")
-    export.add_argument("--no-check", action="store_true",
-                        help="skip comparing the merged model's answers with the adapter's (parity.json)")
+    export.add_argument(
+        "--merge", required=True, metavar="OUT_DIR", help="folder for the merged model"
+    )
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip comparing the merged model's answers with the adapter's (parity.json)",
+    )
 
     serve = add("serve", cmd_serve, "Serve a model or run as an OpenAI-compatible chat API.")
-    serve.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="a run folder, a model folder, hub id or built-in name")
-    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines (no authentication)")
+    serve.add_argument(
+        "model",
+        metavar="RUN_DIR_OR_MODEL",
+        help="a run folder, a model folder, hub id or built-in name",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="0.0.0.0 serves other machines (no authentication)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--name", help="the model name the API reports (default: the model's)")
 
-    synth = add("synthesize", cmd_synthesize, "Have a teacher model answer prompts: training rows for a student.")
-    synth.add_argument("inputs", help="prompts: .jsonl, .csv, .json, .parquet or .txt (one per line)")
+    synth = add(
+        "synthesize",
+        cmd_synthesize,
+        "Have a teacher model answer prompts: training rows for a student.",
+    )
+    synth.add_argument(
+        "inputs", help="prompts: .jsonl, .csv, .json, .parquet or .txt (one per line)"
+    )
     synth.add_argument("--teacher", metavar="RUN_DIR_OR_MODEL", help="a local teacher")
-    synth.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    synth.add_argument("--endpoint-model", metavar="NAME", help="the model name to ask the endpoint for")
-    synth.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    synth.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="an OpenAI-compatible base URL, e.g. http://localhost:8000/v1",
+    )
+    synth.add_argument(
+        "--endpoint-model", metavar="NAME", help="the model name to ask the endpoint for"
+    )
+    synth.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
+    )
     synth.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
-    synth.add_argument("--output", default="synthesized.jsonl", help="rows are appended here; rerun to resume")
+    synth.add_argument(
+        "--output", default="synthesized.jsonl", help="rows are appended here; rerun to resume"
+    )
     synth.add_argument("--system", help="a system prompt for the teacher (kept in the rows)")
-    synth.add_argument("--column", help="the prompt column (default: prompt, instruction, input, question or text)")
+    synth.add_argument(
+        "--column", help="the prompt column (default: prompt, instruction, input, question or text)"
+    )
     synth.add_argument("--n", type=int, default=1, help="answers per prompt (needs --temperature)")
-    synth.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy)")
-    synth.add_argument("--max-new-tokens", type=int, default=512, help="longer answers are dropped as truncated")
-    synth.add_argument("--batch-size", type=int, default=16, help="prompts per batch for a local teacher")
+    synth.add_argument(
+        "--temperature", type=float, help="sample at this temperature (default: greedy)"
+    )
+    synth.add_argument(
+        "--max-new-tokens", type=int, default=512, help="longer answers are dropped as truncated"
+    )
+    synth.add_argument(
+        "--batch-size", type=int, default=16, help="prompts per batch for a local teacher"
+    )
     synth.add_argument("--min-chars", type=int, help="drop shorter answers")
     synth.add_argument("--max-chars", type=int, help="drop longer answers")
     return parser
@@ -221,7 +344,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"easyllm: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
 
 
 if __name__ == "__main__":

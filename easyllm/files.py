@@ -64,7 +64,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> Path:
     """`write_text_atomic` of indented JSON."""
-    return write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+    return write_text_atomic(
+        path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
 
 
 def publish_folder(staged: Path, target: Path) -> None:
@@ -79,6 +81,22 @@ def publish_folder(staged: Path, target: Path) -> None:
     else:
         staged.rename(target)
     fsync_path(target.parent)
+
+
+def publish_new_folder(staged: Path, target: Path) -> bool:
+    """Flush `staged` and rename it to `target`, unless another process put one there first (False).
+
+    For caches that many processes may fill at once: the first complete copy wins.
+    """
+    fsync_tree(staged)
+    try:
+        staged.rename(target)
+    except OSError:
+        if target.exists():
+            return False
+        raise
+    fsync_path(target.parent)
+    return True
 
 
 @contextlib.contextmanager

@@ -27,7 +27,11 @@ def _hash_column(hasher, array) -> None:
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         hasher.update(np.asarray(array.value_lengths().fill_null(-1)).tobytes())
         _hash_column(hasher, array.flatten())
-    elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
+    elif (
+        pa.types.is_integer(array.type)
+        or pa.types.is_floating(array.type)
+        or pa.types.is_boolean(array.type)
+    ):
         hasher.update(array.to_numpy(zero_copy_only=False).tobytes())
     else:
         hasher.update(json.dumps(array.to_pylist(), default=str).encode())
@@ -46,8 +50,14 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        spec = {
+            k: v
+            for k, v in json.loads(backend.to_str()).items()
+            if k not in ("truncation", "padding")
+        }
     else:
         spec = {"vocab": tokenizer.get_vocab()}
-    spec["special_tokens"] = {name: str(value) for name, value in tokenizer.special_tokens_map.items()}
+    spec["special_tokens"] = {
+        name: str(value) for name, value in tokenizer.special_tokens_map.items()
+    }
     return digest(spec)

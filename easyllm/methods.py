@@ -88,7 +88,9 @@ class Method:
             return model
         if has_adapter(model):
             return model
-        if self.quantize_4bit:  # freezes the 4-bit base, keeps norms in fp32; checkpointing stays the user's
+        if (
+            self.quantize_4bit
+        ):  # freezes the 4-bit base, keeps norms in fp32; checkpointing stays the user's
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         config = LoraConfig(
             task_type=task_type,  # SEQ_CLS keeps a classification head fully trained
@@ -125,7 +127,9 @@ def load_adapter(model: PreTrainedModel, folder: str, *, trainable: bool = True)
 def _quiet_peft() -> Iterator[None]:
     """peft reads transformers' old `is_gradient_checkpointing` name, which warns: not the user's concern."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
         yield
 
 
@@ -149,6 +153,8 @@ register_method("qlora", Method("qlora", learning_rate=5e-4, quantize_4bit=True)
 register_method("full", Method("full", learning_rate=2e-5, adapter=False))
 
 
-def make_trainable(model: PreTrainedModel, settings: Any, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+def make_trainable(
+    model: PreTrainedModel, settings: Any, task_type: str = "CAUSAL_LM"
+) -> PreTrainedModel:
     """`model` wrapped for training as `settings.method` says (see `Method.wrap`)."""
     return get_method(settings.method).wrap(model, settings, task_type)

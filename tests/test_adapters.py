@@ -11,8 +11,9 @@ from easyllm.adapters import copy_dequantized_weights, keep_4bit_weights_trainab
 def test_dequantized_copy_answers_exactly_like_the_4bit_model(tiny_model_dir):
     four_bit = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir,
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_compute_dtype=torch.float32),
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
     )
     keep_4bit_weights_trainable(four_bit)
     full = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -34,20 +34,27 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
     model = make_trainable(runner.model, TrainSettings(), task_type="CAUSAL_LM")
     model.train()
     ids = torch.randint(5, 250, (2, 24))
-    batch = {"input_ids": ids, "position_ids": torch.cat([torch.arange(10), torch.arange(14)]).repeat(2, 1),
-             "labels": ids.clone()}
+    batch = {
+        "input_ids": ids,
+        "position_ids": torch.cat([torch.arange(10), torch.arange(14)]).repeat(2, 1),
+        "labels": ids.clone(),
+    }
     eager_loss, eager_grads = _loss_and_grads(model, batch)
 
     with compiled_layers(model, True) as compiled:
         assert compiled == len(decoder_layers(model)) == 2
         compiled_loss, compiled_grads = _loss_and_grads(model, batch)
-        batch = {key: value[:, :20] for key, value in batch.items()}  # another length: no new failure
+        batch = {
+            key: value[:, :20] for key, value in batch.items()
+        }  # another length: no new failure
         _loss_and_grads(model, batch)
 
     assert abs(compiled_loss - eager_loss) < 1e-5
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6)
-    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))  # generation runs eager
+    assert all(
+        layer._compiled_call_impl is None for layer in decoder_layers(model)
+    )  # generation runs eager
     assert isinstance(runner.generate("Hi", max_new_tokens=3), str)
 
 
@@ -68,14 +75,21 @@ def _kept_for_backward(model, batch) -> int:
     return sum(kept.values())
 
 
-def test_compiled_layers_recompute_cheap_results_instead_of_keeping_them(tiny_model_dir, monkeypatch):
+def test_compiled_layers_recompute_cheap_results_instead_of_keeping_them(
+    tiny_model_dir, monkeypatch
+):
     torch.manual_seed(0)
-    model = make_trainable(ModelRunner(str(tiny_model_dir)).model, TrainSettings(), task_type="CAUSAL_LM")
+    model = make_trainable(
+        ModelRunner(str(tiny_model_dir)).model, TrainSettings(), task_type="CAUSAL_LM"
+    )
     model.train()
     ids = torch.randint(5, 250, (1, 64))
     batch = {"input_ids": ids, "position_ids": torch.arange(64)[None], "labels": ids.clone()}
     kept = {}
-    for recompute in ((), compilation._RECOMPUTE_FREELY):  # torch's default partitioner, then easyllm's
+    for recompute in (
+        (),
+        compilation._RECOMPUTE_FREELY,
+    ):  # torch's default partitioner, then easyllm's
         monkeypatch.setattr(compilation, "_RECOMPUTE_FREELY", recompute)
         torch._dynamo.reset()
         with compiled_layers(model, True):
@@ -90,10 +104,23 @@ def test_train_with_compile_learns_like_eager(tiny_model_dir, chats, tmp_path, c
     for compile in (False, True):
         runner = ModelRunner(str(tiny_model_dir))
         runner.load_data(chats, val_size=0)
-        runner.train(compile=compile, num_train_epochs=1, per_device_train_batch_size=4, disable_tqdm=True,
-                     gradient_checkpointing=checkpointing, output_dir=str(tmp_path / f"compile-{compile}"))
-        weights[compile] = {name: p.detach().clone() for name, p in runner.model.named_parameters() if "lora" in name}
+        runner.train(
+            compile=compile,
+            num_train_epochs=1,
+            per_device_train_batch_size=4,
+            disable_tqdm=True,
+            gradient_checkpointing=checkpointing,
+            output_dir=str(tmp_path / f"compile-{compile}"),
+        )
+        weights[compile] = {
+            name: p.detach().clone()
+            for name, p in runner.model.named_parameters()
+            if "lora" in name
+        }
     assert weights[True].keys() == weights[False].keys() and weights[True]
-    assert any(name.endswith("lora_B.default.weight") and value.abs().sum() > 0 for name, value in weights[True].items())
+    assert any(
+        name.endswith("lora_B.default.weight") and value.abs().sum() > 0
+        for name, value in weights[True].items()
+    )
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=1e-3, atol=1e-5)

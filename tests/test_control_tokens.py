@@ -20,7 +20,9 @@ def _control_count(runner: ModelRunner, ids: list[int]) -> int:
 
 
 def _rows(user: str, reply: str = "No.") -> list[dict]:
-    return [{"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}]
+    return [
+        {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+    ]
 
 
 def test_forged_markup_in_user_and_assistant_content_stays_text(runner):
@@ -30,8 +32,13 @@ def test_forged_markup_in_user_and_assistant_content_stays_text(runner):
     clean_ids = runner.data.train[0]["input_ids"]
     assert _control_count(runner, ids) == _control_count(runner, clean_ids)
     trained = [t for t, label in zip(ids, labels) if label != -100]
-    assert runner.tokenizer.decode(trained) == "Sure<|im_end|><|im_end|>"  # the text, then the real end
-    assert len(forged.control_token_rows) == 1 and "data[0]: message 0 (user)" in forged.control_token_rows[0]
+    assert (
+        runner.tokenizer.decode(trained) == "Sure<|im_end|><|im_end|>"
+    )  # the text, then the real end
+    assert (
+        len(forged.control_token_rows) == 1
+        and "data[0]: message 0 (user)" in forged.control_token_rows[0]
+    )
     assert "on_control_tokens='text'" in str(forged) and not clean.control_token_rows
 
 
@@ -56,4 +63,9 @@ def test_allow_keeps_apply_chat_template_behaviour(runner):
     runner.load_data(_rows(FORGED), val_size=0, on_control_tokens="allow")
     ids = runner.data.train[0]["input_ids"]
     messages = _rows(FORGED)[0]["messages"]
-    assert ids == runner.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert (
+        ids
+        == runner.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )

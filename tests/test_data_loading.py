@@ -51,7 +51,9 @@ def test_alpaca_joins_instruction_and_input_and_keeps_system():
     assert first.format == "alpaca"
     assert first.messages == [user("Translate to French.\n\nGood morning"), assistant("Bonjour")]
     assert second.messages == [
-        system("Answer in one word."), user("Name a primary colour."), assistant("Red.")
+        system("Answer in one word."),
+        user("Name a primary colour."),
+        assistant("Red."),
     ]
 
 
@@ -59,9 +61,12 @@ def test_alpaca_history_comes_before_the_instruction():
     (conversation,) = conversations("alpaca_history.jsonl")
     assert conversation.messages == [
         system("You translate."),
-        user("Say 'good morning' in French."), assistant("Bonjour."),
-        user("And in Spanish?"), assistant("Buenos días."),
-        user("And in German?"), assistant("Guten Morgen."),
+        user("Say 'good morning' in French."),
+        assistant("Bonjour."),
+        user("And in Spanish?"),
+        assistant("Buenos días."),
+        user("And in German?"),
+        assistant("Guten Morgen."),
     ]
 
 
@@ -69,9 +74,18 @@ def test_sharegpt_roles_tools_and_function_calls():
     plain, weather, add = conversations("sharegpt.jsonl")
     assert plain.format == "sharegpt" and plain.tools is None
     assert plain.messages == [system("Be brief."), user("Hi"), assistant("Hello!")]
-    assert [m["role"] for m in weather.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert [m["role"] for m in weather.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
     assert weather.messages[0] == system("You can call tools.")
-    assert json.loads(weather.messages[2]["content"]) == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert json.loads(weather.messages[2]["content"]) == {
+        "name": "get_weather",
+        "arguments": {"city": "Paris"},
+    }
     assert weather.messages[3] == {"role": "tool", "content": '{"temp_c": 18}'}
     assert [tool["name"] for tool in weather.tools] == ["get_weather"]  # parsed from a JSON string
     assert add.tools[0]["name"] == "add"  # given as a list
@@ -80,7 +94,13 @@ def test_sharegpt_roles_tools_and_function_calls():
 
 def test_messages_keep_turns_and_join_text_parts():
     multi, parts = conversations("messages.jsonl")
-    assert [m["role"] for m in multi.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in multi.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert parts.messages[0] == user("Two parts")
 
 
@@ -93,7 +113,10 @@ def test_messages_with_tool_role_keep_the_tools_list():
 def test_prompt_and_completion_may_be_message_lists():
     chat, mixed = conversations("prompt_completion_messages.jsonl")
     assert chat.messages == [
-        system("Be brief."), user("Hi"), {**assistant("Hello!"), "train": False}, user("Name?"),
+        system("Be brief."),
+        user("Hi"),
+        {**assistant("Hello!"), "train": False},
+        user("Name?"),
         assistant("Lumen."),
     ]  # a reply inside the prompt is context, not trained
     assert mixed.messages == [system("Answer with a number."), user("2 + 2 ="), assistant("4")]
@@ -121,34 +144,53 @@ def test_custom_keys_like_lamini():
 def test_column_mapping_reads_other_column_names():
     fmt = column_format({"prompt": "q", "completion": "a", "system": "sys"})
     first, second = conversations("columns.jsonl", row_format=fmt)
-    assert first.messages == [system("Answer in one word."), user("Capital of Italy?"), assistant("Rome.")]
+    assert first.messages == [
+        system("Answer in one word."),
+        user("Capital of Italy?"),
+        assistant("Rome."),
+    ]
     assert second.messages == [user("Capital of Spain?"), assistant("Madrid.")]
     assert first.format == "prompt-completion (prompt=q, completion=a, system=sys)"
     alpaca = column_format({"instruction": "task", "output": "answer", "history": "past"})
     row = {"task": "And 3 + 3?", "answer": "6", "past": [["1 + 1?", "2"]]}
     (conversation,) = to_conversations(read_source([row]), alpaca)
-    assert conversation.messages == [user("1 + 1?"), assistant("2"), user("And 3 + 3?"), assistant("6")]
+    assert conversation.messages == [
+        user("1 + 1?"),
+        assistant("2"),
+        user("And 3 + 3?"),
+        assistant("6"),
+    ]
 
 
 def test_column_mapping_that_names_no_shape_lists_the_shapes():
-    with pytest.raises(ConfigError, match=r"prompt-completion: prompt \+ completion \[system, tools\]"):
+    with pytest.raises(
+        ConfigError, match=r"prompt-completion: prompt \+ completion \[system, tools\]"
+    ):
         column_format({"promt": "q", "completion": "a"})
 
 
 # -- file types and sources ----------------------------------------------------------------------
 def test_json_array_list_and_dataset_sources_agree():
     from_file = [c.messages for c in to_conversations(read_source(FIXTURES / "rows.json"))]
-    rows = [{"question": "Is water wet?", "answer": "Yes."}, {"prompt": "Say yes", "completion": "Yes"}]
+    rows = [
+        {"question": "Is water wet?", "answer": "Yes."},
+        {"prompt": "Say yes", "completion": "Yes"},
+    ]
     from_list = [c.messages for c in to_conversations(read_source(rows))]
     columns = ["question", "answer", "prompt", "completion"]
-    dataset = Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])  # with None
+    dataset = Dataset.from_list(
+        [{key: row.get(key) for key in columns} for row in rows]
+    )  # with None
     from_dataset = [c.messages for c in to_conversations(read_source(dataset))]
     assert from_file == from_list == from_dataset
 
 
 @pytest.mark.parametrize(
     ("name", "origins"),
-    [("json_keyed.json", ['["data"][0]', '["data"][1]']), ("json_by_id.json", ['["q1"]', '["q2"]'])],
+    [
+        ("json_keyed.json", ['["data"][0]', '["data"][1]']),
+        ("json_by_id.json", ['["q1"]', '["q2"]']),
+    ],
 )
 def test_json_objects_holding_rows(name, origins):
     records = read_source(FIXTURES / name)
@@ -164,7 +206,11 @@ def test_csv_rows_are_named_by_line_with_the_header_as_line_1():
     assert [r.origin for r in records] == [f"{path}:2", f"{path}:3", f"{path}:6"]  # 3-4: one row
     first, multiline, last = to_conversations(records)
     assert first.messages == [user("Hello, who are you?"), assistant("I am Lumen.")]  # "" system
-    assert multiline.messages == [system("Be brief."), user("Line one\nline two"), assistant("Two lines.")]
+    assert multiline.messages == [
+        system("Be brief."),
+        user("Line one\nline two"),
+        assistant("Two lines."),
+    ]
     assert last.messages == [user("Last one"), assistant("Done.")]
 
 
@@ -192,40 +238,57 @@ def test_folder_reads_supported_files_in_name_order_and_keeps_their_names():
     folder = FIXTURES / "folder"
     records = read_source(folder)
     assert [r.origin for r in records] == [f"{folder / 'a.jsonl'}:1", f"{folder / 'b.csv'}:2"]
-    assert [c.messages[0]["content"] for c in to_conversations(records)] == ["From jsonl", "From csv"]
-    assert describe_source(folder) == f"{folder}/ (2 file(s): a.jsonl, b.csv; ignored README.md (unsupported))"
+    assert [c.messages[0]["content"] for c in to_conversations(records)] == [
+        "From jsonl",
+        "From csv",
+    ]
+    assert (
+        describe_source(folder)
+        == f"{folder}/ (2 file(s): a.jsonl, b.csv; ignored README.md (unsupported))"
+    )
 
 
 def test_dataset_dict_reads_train_and_exposes_the_other_splits():
     rows = [{"prompt": "a", "completion": "b"}]
-    splits = DatasetDict({"train": Dataset.from_list(rows * 2), "validation": Dataset.from_list(rows)})
+    splits = DatasetDict(
+        {"train": Dataset.from_list(rows * 2), "validation": Dataset.from_list(rows)}
+    )
     records = read_source(splits)
     assert [r.origin for r in records] == ['dataset["train"][0]', 'dataset["train"][1]']
     assert list(other_splits(splits)) == ["validation"]
     assert describe_source(splits) == (
         "the 'train' split of a DatasetDict (2 rows; not read: validation (1 rows))"
     )
-    with pytest.raises(DataError, match=r"no 'train'; pass the one to train on, e.g. dataset_dict\['test'\]"):
+    with pytest.raises(
+        DataError, match=r"no 'train'; pass the one to train on, e.g. dataset_dict\['test'\]"
+    ):
         read_source(DatasetDict({"test": Dataset.from_list(rows)}))
 
 
 def test_origins_name_file_and_line():
     records = read_source(FIXTURES / "alpaca.jsonl")
-    assert [r.origin for r in records] == [f"{FIXTURES / 'alpaca.jsonl'}:1", f"{FIXTURES / 'alpaca.jsonl'}:2"]
+    assert [r.origin for r in records] == [
+        f"{FIXTURES / 'alpaca.jsonl'}:1",
+        f"{FIXTURES / 'alpaca.jsonl'}:2",
+    ]
 
 
 def test_missing_empty_and_unsupported_sources(tmp_path):
     with pytest.raises(DataError, match="Data file not found"):
         read_source(tmp_path / "nope.jsonl")
     (tmp_path / "data.xml").write_text("<x/>")
-    with pytest.raises(DataError, match=r"unsupported file type '\.xml'. Supported: \.jsonl, \.json, \.csv"):
+    with pytest.raises(
+        DataError, match=r"unsupported file type '\.xml'. Supported: \.jsonl, \.json, \.csv"
+    ):
         read_source(tmp_path / "data.xml")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match="empty.jsonl: holds no rows"):
         read_source(tmp_path / "empty.jsonl")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.md").write_text("# notes")
-    with pytest.raises(DataError, match=r"docs: no \.jsonl / \.json .* file in this folder \(found: notes.md\)"):
+    with pytest.raises(
+        DataError, match=r"docs: no \.jsonl / \.json .* file in this folder \(found: notes.md\)"
+    ):
         read_source(tmp_path / "docs")
     with pytest.raises(DataError, match="Cannot read training data from a dict"):
         read_source({"prompt": "a"})
@@ -233,7 +296,9 @@ def test_missing_empty_and_unsupported_sources(tmp_path):
 
 def test_json_that_holds_no_rows_or_is_broken_is_explained(tmp_path):
     (tmp_path / "one.json").write_text('{"prompt": "a", "completion": "b"}')
-    with pytest.raises(DataError, match="expected a JSON array of rows.*keys \\['completion', 'prompt'\\]"):
+    with pytest.raises(
+        DataError, match="expected a JSON array of rows.*keys \\['completion', 'prompt'\\]"
+    ):
         read_source(tmp_path / "one.json")
     (tmp_path / "lines.json").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
     with pytest.raises(DataError, match=r"lines\.json:2: not valid JSON.*name the file \.jsonl"):
@@ -253,7 +318,10 @@ BAD_CASES = [
     (8, "message 2 (assistant) content must be text, got int; convert it"),
     (9, "'messages' must be a list of {role, content} objects, got str"),
     (10, "a row must be an object with named fields, got list"),
-    (11, 'SFT needs prompt/reply pairs such as prompt/completion or messages; to train on plain text use task="pt"'),
+    (
+        11,
+        'SFT needs prompt/reply pairs such as prompt/completion or messages; to train on plain text use task="pt"',
+    ),
     (12, "unrecognized row with keys ['colour']. Known shapes: messages ['messages']; sharegpt"),
     (13, "message 1 has unknown ShareGPT role 'bot'; use one of human, gpt, system"),
     (14, "roles out of order: message 2 (tool) follows a user message; a tool result must follow"),
@@ -286,18 +354,31 @@ def test_raise_lists_the_first_problems_and_counts_the_rest():
 def test_skip_returns_good_rows_and_rejects_with_reasons(tmp_path):
     result = convert_rows(iter_records(BAD_ROWS), on_bad_rows="skip")
     assert [c.origin for c in result.rows] == [f"{BAD_ROWS}:18"]
-    assert [(r.origin, r.reason) for r in result.rejects][:1] == [(f"{BAD_ROWS}:1", (
-        "roles out of order: message 2 (user) follows another user message; merge the two user "
-        "messages or put the assistant reply between them"))]
-    assert [int(r.origin.rsplit(":", 1)[1]) for r in result.rejects] == [line for line, _ in BAD_CASES]
+    assert [(r.origin, r.reason) for r in result.rejects][:1] == [
+        (
+            f"{BAD_ROWS}:1",
+            (
+                "roles out of order: message 2 (user) follows another user message; merge the two user "
+                "messages or put the assistant reply between them"
+            ),
+        )
+    ]
+    assert [int(r.origin.rsplit(":", 1)[1]) for r in result.rejects] == [
+        line for line, _ in BAD_CASES
+    ]
     for reject, (_, expected) in zip(result.rejects, BAD_CASES):
         assert expected in reject.reason
     assert result.rejects[-1].row == '{"prompt": "broken"'  # the raw line, to fix by hand
     assert result.rejects[9].row == ["not", "an", "object"]
-    assert result.summary().startswith("skipped 18 of 19 rows: 4 roles out of order, 4 wrong type, ")
+    assert result.summary().startswith(
+        "skipped 18 of 19 rows: 4 roles out of order, 4 wrong type, "
+    )
     written = write_rejects(result.rejects, tmp_path / "rejects.jsonl").read_text().splitlines()
-    assert json.loads(written[0]) == {"origin": f"{BAD_ROWS}:1", "reason": result.rejects[0].reason,
-                                      "row": json.loads(BAD_ROWS.read_text().splitlines()[0])}
+    assert json.loads(written[0]) == {
+        "origin": f"{BAD_ROWS}:1",
+        "reason": result.rejects[0].reason,
+        "row": json.loads(BAD_ROWS.read_text().splitlines()[0]),
+    }
     assert len(written) == 18
 
 
@@ -312,12 +393,16 @@ def test_bad_csv_and_parquet_rows_are_named():
         (f"{FIXTURES / 'bad.csv'}:3", "has 3 fields but the header has 2 (promp"),
         (f"{FIXTURES / 'bad.csv'}:4", "message 2 (assistant) is empty; write it"),
     ]
-    with pytest.raises(DataError, match=r"bad_rows\.parquet\[row 1\]: message 2 \(assistant\) is empty"):
+    with pytest.raises(
+        DataError, match=r"bad_rows\.parquet\[row 1\]: message 2 \(assistant\) is empty"
+    ):
         to_conversations(read_source(FIXTURES / "bad_rows.parquet"))
 
 
 def test_missing_mapped_column_is_named():
-    with pytest.raises(DataError, match=r"custom_keys\.jsonl:1: missing or null column\(s\) \['answer'\]"):
+    with pytest.raises(
+        DataError, match=r"custom_keys\.jsonl:1: missing or null column\(s\) \['answer'\]"
+    ):
         conversations("custom_keys.jsonl", row_format=key_format("query", "answer"))
 
 

@@ -19,7 +19,9 @@ def _never_encode(*args, **kwargs):
     raise AssertionError("encoded again although the same data was encoded before")
 
 
-def test_the_same_data_is_read_back_with_the_same_rows_and_report(tiny_model_dir, chats, monkeypatch):
+def test_the_same_data_is_read_back_with_the_same_rows_and_report(
+    tiny_model_dir, chats, monkeypatch
+):
     chats[0]["messages"][1]["content"] = "a long reply " * 40  # truncated at max_length=48: counted
     first = _load(tiny_model_dir, chats, max_length=48)
     assert len(list(encoded_cache.cache_root().iterdir())) == 2  # train and validation

@@ -32,7 +32,9 @@ def scripted(runner: ModelRunner, text: str | None) -> Iterator[list[int]]:
     script at every new prompt (the one forward pass that reads more than one token).
     """
     end_of_turn = runner.encoder.end_of_turn_ids
-    script = runner.tokenizer(text, add_special_tokens=False)["input_ids"] if text is not None else []
+    script = (
+        runner.tokenizer(text, add_special_tokens=False)["input_ids"] if text is not None else []
+    )
     step = [0]
 
     def restart(module, args, kwargs):
@@ -49,8 +51,10 @@ def scripted(runner: ModelRunner, text: str | None) -> Iterator[list[int]]:
         step[0] += 1
         return logits
 
-    hooks = [runner.model.register_forward_pre_hook(restart, with_kwargs=True),
-             runner.model.get_output_embeddings().register_forward_hook(force)]
+    hooks = [
+        runner.model.register_forward_pre_hook(restart, with_kwargs=True),
+        runner.model.get_output_embeddings().register_forward_hook(force),
+    ]
     try:
         yield script
     finally:
@@ -80,7 +84,9 @@ def test_each_metric_of_a_partial_answer(runner):
     # 13a tokens: 6 of the reference's 8 ("," and "." are tokens), every n-gram found: only the brevity penalty
     assert result["bleu"] == pytest.approx(100 * math.exp(1 - 8 / 6))
     assert result["mean_reply_tokens"] == len(script)
-    assert result["mean_reference_tokens"] == len(runner.tokenizer(REFERENCE, add_special_tokens=False)["input_ids"])
+    assert result["mean_reference_tokens"] == len(
+        runner.tokenizer(REFERENCE, add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_runaway_rate_catches_a_model_that_never_ends_its_turn(runner):
@@ -100,7 +106,10 @@ def test_the_default_length_limit_leaves_room_for_long_references(runner):
     assert result["mean_reply_tokens"] == 256 and result["runaway_rate"] == 1.0
     essay = Reference([{"role": "user", "content": "Write"}], "word " * 200)
     essay_tokens = len(runner.tokenizer(essay.reply, add_special_tokens=False)["input_ids"])
-    assert essay_tokens > 120 and default_max_new_tokens([essay], runner.tokenizer) == 2 * essay_tokens + 16
+    assert (
+        essay_tokens > 120
+        and default_max_new_tokens([essay], runner.tokenizer) == 2 * essay_tokens + 16
+    )
 
 
 def test_max_samples_bounds_the_replies_but_not_the_loss(runner):
@@ -119,14 +128,21 @@ def test_compare_answers_with_the_adapter_off_beside_the_trained_one(runner, tmp
     after = runner.evaluate(compare=True, max_new_tokens=12)
     replies = [sample.reply for sample in after.samples]
     base_replies = [sample.other_reply for sample in after.samples]
-    assert base_replies == [sample.reply for sample in before.samples]  # the base is the untrained model
+    assert base_replies == [
+        sample.reply for sample in before.samples
+    ]  # the base is the untrained model
     assert replies != base_replies
     assert after["base_eval_loss"] == pytest.approx(before["eval_loss"], rel=1e-5)
     assert after["eval_loss"] < after["base_eval_loss"]
     for name in ("exact_match", "token_f1", "rouge_l", "bleu", "runaway_rate", "mean_reply_tokens"):
         assert after[f"base_{name}"] == before[name], name
-    assert [sample.reply for sample in runner.evaluate(max_new_tokens=12).samples] == replies  # adapter back on
-    assert after.compared_with == "base (adapter off)" and after.compared()["eval_loss"] == after["base_eval_loss"]
+    assert [
+        sample.reply for sample in runner.evaluate(max_new_tokens=12).samples
+    ] == replies  # adapter back on
+    assert (
+        after.compared_with == "base (adapter off)"
+        and after.compared()["eval_loss"] == after["base_eval_loss"]
+    )
 
 
 def test_compare_needs_an_adapter_or_another_runner(runner, tiny_model_dir):
@@ -143,16 +159,22 @@ def test_compare_with_another_runner_puts_its_replies_beside(runner, tiny_model_
     with scripted(runner, REFERENCE):
         result = runner.evaluate(compare=other, max_new_tokens=30)
     prompts = [sample.prompt for sample in result.samples]
-    assert [sample.other_reply for sample in result.samples] == other.generate(prompts, max_new_tokens=30)
+    assert [sample.other_reply for sample in result.samples] == other.generate(
+        prompts, max_new_tokens=30
+    )
     assert result["exact_match"] == 1.0 and result["compare_exact_match"] == 0.0
     assert result.compared_with == str(tiny_model_dir) and "compare_eval_loss" not in result
     assert result.compared()["exact_match"] == 0.0 and result.own()["exact_match"] == 1.0
 
 
 def test_passed_data_is_scored_on_its_last_reply(runner):
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Who are you?"},
-            {"role": "assistant", "content": REFERENCE}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": REFERENCE},
+    ]
     assert split_last_reply(chat) == (chat[:4], REFERENCE)
     with scripted(runner, REFERENCE):
         result = runner.evaluate([{"messages": chat}])
@@ -167,18 +189,31 @@ def test_train_and_a_reloaded_run_write_evaluation_json(runner, tmp_path):
     written = json.loads((run / EVALUATION_FILE).read_text())
     assert written["metrics"]["eval_loss"] == pytest.approx(trained.metrics["eval_loss"])
     assert {"runaway_rate", "rouge_l"} <= set(trained.metrics)  # in metrics.json too
-    assert json.loads((run / "metrics.json").read_text())["rouge_l"] == written["metrics"]["rouge_l"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["rouge_l"] == written["metrics"]["rouge_l"]
+    )
     assert len(written["samples"]) == 3 and written["samples"][0]["reference"] == REFERENCE
     reloaded = ModelRunner.load(run)
-    again = reloaded.evaluate([{"messages": [{"role": "user", "content": "Hi"},
-                                             {"role": "assistant", "content": "Hello."}]}], max_new_tokens=4)
+    again = reloaded.evaluate(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."},
+                ]
+            }
+        ],
+        max_new_tokens=4,
+    )
     assert json.loads((run / EVALUATION_FILE).read_text()) == again.to_json()
     assert json.dumps(again) and again.to_json()["samples"][0]["reference"] == "Hello."
 
 
 def test_other_tasks_keep_their_metrics_and_skip_generation(tiny_model_dir):
     runner = ModelRunner(str(tiny_model_dir), task="pt")
-    runner.load_data([{"text": "The quick brown fox jumps over the lazy dog. " * 8}] * 4, val_size=1)
+    runner.load_data(
+        [{"text": "The quick brown fox jumps over the lazy dog. " * 8}] * 4, val_size=1
+    )
     result = runner.evaluate()
     assert isinstance(result, EvalResult) and "perplexity" in result and "rouge_l" not in result
     with pytest.raises(UsageError, match="task 'pt' has no reference replies"):
@@ -186,11 +221,21 @@ def test_other_tasks_keep_their_metrics_and_skip_generation(tiny_model_dir):
 
 
 def test_html_shows_both_models_and_the_replies(runner, tiny_model_dir):
-    row = {"messages": [{"role": "user", "content": "<b>Who</b> are you?"}, {"role": "assistant", "content": "Lumen"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "<b>Who</b> are you?"},
+            {"role": "assistant", "content": "Lumen"},
+        ]
+    }
     with scripted(runner, None):
         result = runner.evaluate([row], compare=ModelRunner(str(tiny_model_dir)), max_new_tokens=3)
     html = result._repr_html_()
-    header = f"<th style='text-align:left'>model</th><th style='text-align:left'>{tiny_model_dir}</th>"
+    header = (
+        f"<th style='text-align:left'>model</th><th style='text-align:left'>{tiny_model_dir}</th>"
+    )
     assert header in html and "eval_loss" in html and "rouge_l" in html
-    assert "&lt;b&gt;Who&lt;/b&gt; are you?" in html and "<td style='text-align:left; white-space:pre-wrap'>Lumen</td>" in html
+    assert (
+        "&lt;b&gt;Who&lt;/b&gt; are you?" in html
+        and "<td style='text-align:left; white-space:pre-wrap'>Lumen</td>" in html
+    )
     assert "cut off at max_new_tokens" in html  # the scripted model never ends its turn

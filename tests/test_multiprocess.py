@@ -34,9 +34,23 @@ def _losses(log_history: list[dict]) -> list[float]:
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     folder = tmp_path / "two"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(SCRIPT), str(tiny_model_dir), str(folder)],
-        cwd=REPO, capture_output=True, text=True, timeout=400, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(SCRIPT),
+            str(tiny_model_dir),
+            str(folder),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,10 +70,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     state = json.loads((folder / "checkpoint-18" / "trainer_state.json").read_text())
     two, one = _losses(state["log_history"]), _losses(single.last_result.log_history)
     assert len(two) == len(one) == 18
-    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=0)  # the same batches
+    torch.testing.assert_close(
+        torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=0
+    )  # the same batches
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train_examples"] == 24
-    assert metrics["train_loss"] == pytest.approx(single.last_result.metrics["train_loss"], rel=1e-4)
+    assert metrics["train_loss"] == pytest.approx(
+        single.last_result.metrics["train_loss"], rel=1e-4
+    )
     reloaded = ModelRunner.load(folder)
     expected = {n: p for n, p in single.model.named_parameters() if "lora_" in n}
     for name, weight in reloaded.model.named_parameters():

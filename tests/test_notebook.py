@@ -32,11 +32,26 @@ def test_quickstart_notebook_executes_and_learns(tmp_path):
 
     shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
     notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    texts = {i: "".join(o.get("text", "") for o in cell.get("outputs", [])) for i, cell in enumerate(notebook.cells)}
-    html = {i: "".join(o.get("data", {}).get("text/html", "") for o in cell.get("outputs", []))
-            for i, cell in enumerate(notebook.cells)}
-    images = sum(1 for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {}))
+    NotebookClient(
+        notebook,
+        timeout=900,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    texts = {
+        i: "".join(o.get("text", "") for o in cell.get("outputs", []))
+        for i, cell in enumerate(notebook.cells)
+    }
+    html = {
+        i: "".join(o.get("data", {}).get("text/html", "") for o in cell.get("outputs", []))
+        for i, cell in enumerate(notebook.cells)
+    }
+    images = sum(
+        1
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    )
     assert "Lumen" not in texts[1] and "Lumen" in texts[4]
     assert "<mark" in html[2]  # preview with trained spans
     assert "TrainResult" in html[3] and images >= 1  # live loss curve

@@ -36,10 +36,18 @@ def examples(tokenizer):
     rng = random.Random(0)
     rows = {"input_ids": [], "labels": []}
     for index in range(9):
-        question = " ".join(rng.choice(["who", "are", "you", "the", "capital"]) for _ in range(rng.randint(1, 12)))
-        answer = " ".join(rng.choice(["I", "am", "Lumen", "Paris", "."]) for _ in range(rng.randint(1, 9)))
-        encoded = encoder.encode([{"role": "user", "content": f"{question} {index}"},
-                                  {"role": "assistant", "content": answer}])
+        question = " ".join(
+            rng.choice(["who", "are", "you", "the", "capital"]) for _ in range(rng.randint(1, 12))
+        )
+        answer = " ".join(
+            rng.choice(["I", "am", "Lumen", "Paris", "."]) for _ in range(rng.randint(1, 9))
+        )
+        encoded = encoder.encode(
+            [
+                {"role": "user", "content": f"{question} {index}"},
+                {"role": "assistant", "content": answer},
+            ]
+        )
         rows["input_ids"].append(encoded.input_ids)
         rows["labels"].append(encoded.labels)
     return Dataset.from_dict(rows)
@@ -65,12 +73,16 @@ def test_packing_gives_the_same_loss_as_no_packing(model64, examples):
     padded = PaddingCollator(pad_token_id=0)([examples[i] for i in range(len(examples))])
     plain = model64(**{k: v for k, v in padded.items()}).loss.item()  # transformers' own loss
     unpacked_sum, unpacked_count = _loss_sum(model64, padded)
-    packed = PackedCollator(pad_token_id=0, max_length=128)([examples[i] for i in range(len(examples))])
+    packed = PackedCollator(pad_token_id=0, max_length=128)(
+        [examples[i] for i in range(len(examples))]
+    )
     assert len(packed["input_ids"]) < len(examples)
     packed_sum, packed_count = _loss_sum(model64, packed)
     assert packed_count == unpacked_count
     assert packed_sum / packed_count == pytest.approx(unpacked_sum / unpacked_count, abs=1e-10)
-    assert unpacked_sum / unpacked_count == pytest.approx(plain, abs=1e-6)  # logits upcast to fp32 in both
+    assert unpacked_sum / unpacked_count == pytest.approx(
+        plain, abs=1e-6
+    )  # logits upcast to fp32 in both
 
 
 def test_no_position_attends_across_an_example(model64, examples):
@@ -79,7 +91,9 @@ def test_no_position_attends_across_an_example(model64, examples):
     assert boundary == len(examples[0]["input_ids"])
     batch = {key: torch.tensor([value]) for key, value in row.items()}
     changed = {k: v.clone() for k, v in batch.items()}
-    changed["input_ids"][0, :boundary] = (changed["input_ids"][0, :boundary] + 7) % model64.config.vocab_size
+    changed["input_ids"][0, :boundary] = (
+        changed["input_ids"][0, :boundary] + 7
+    ) % model64.config.vocab_size
     decoder = model64.get_decoder()  # as the Trainer runs it: no cache, no attention mask
     with torch.no_grad():
         original = decoder(**batch_inputs(batch), use_cache=False).last_hidden_state
@@ -108,8 +122,12 @@ def test_chunked_trained_only_loss_equals_the_plain_loss_and_gradients(compiled,
     labels[:, :4] = IGNORE_INDEX
     labels[1, 7:] = IGNORE_INDEX
     chunked, count = trained_token_loss_sum(hidden, labels, head, chunk=3, compiled=compiled)
-    plain = F.cross_entropy(head(hidden)[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    plain = F.cross_entropy(
+        head(hidden)[:, :-1].flatten(0, 1),
+        labels[:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     assert count == int((labels[:, 1:] != IGNORE_INDEX).sum())
     torch.testing.assert_close(chunked, plain.float())
     grad_chunked = torch.autograd.grad(chunked, [hidden, head.weight])
@@ -153,20 +171,27 @@ def test_the_fused_loss_under_bf16_autocast_follows_autograd_through_the_same_ca
         reference = F.cross_entropy(head(hidden[0, :-1]).float(), labels[0, 1:], reduction="sum")
     assert count == 70
     torch.testing.assert_close(fused, reference)
-    grad_fused, = torch.autograd.grad(fused, hidden)
-    grad_reference, = torch.autograd.grad(reference, hidden)
+    (grad_fused,) = torch.autograd.grad(fused, hidden)
+    (grad_reference,) = torch.autograd.grad(reference, hidden)
     torch.testing.assert_close(grad_fused, grad_reference, rtol=2e-2, atol=1e-3)
 
 
-def test_a_one_row_batch_with_per_example_attention_gives_the_unpacked_loss_and_gradients(model64, examples):
+def test_a_one_row_batch_with_per_example_attention_gives_the_unpacked_loss_and_gradients(
+    model64, examples
+):
     batch = [examples[i] for i in range(len(examples))]
     padded = PaddingCollator(pad_token_id=0)(batch)
     one_row = PackedCollator(pad_token_id=0, max_length=128, one_row=True)(batch)
-    assert one_row["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in batch))  # no padding at all
+    assert one_row["input_ids"].shape == (
+        1,
+        sum(len(e["input_ids"]) for e in batch),
+    )  # no padding at all
     model64.train()  # attention per example is for training: the switch restores sdpa after it
     try:
         expected, expected_count = trained_token_loss(model64, padded)
-        expected_grads = torch.autograd.grad(expected, model64.model.layers[0].self_attn.q_proj.weight)
+        expected_grads = torch.autograd.grad(
+            expected, model64.model.layers[0].self_attn.q_proj.weight
+        )
         with packed_attention(model64, True):
             assert model64.config._attn_implementation == "easyllm_packed"
             got, got_count = trained_token_loss(model64, one_row)
@@ -184,7 +209,9 @@ def test_per_example_attention_never_attends_across_an_example(model64, examples
     second = len(examples[0]["input_ids"])
     batch = {key: torch.tensor([value]) for key, value in row.items()}
     changed = {k: v.clone() for k, v in batch.items()}
-    changed["input_ids"][0, :second] = (changed["input_ids"][0, :second] + 7) % model64.config.vocab_size
+    changed["input_ids"][0, :second] = (
+        changed["input_ids"][0, :second] + 7
+    ) % model64.config.vocab_size
     decoder = model64.get_decoder()
     with torch.no_grad(), packed_attention(model64, True):
         original = decoder(**batch_inputs(batch), use_cache=False).last_hidden_state
@@ -211,8 +238,10 @@ def test_per_example_attention_in_low_precision_follows_float64(dtype, tolerance
 
     def dense(q, k, v):  # the plain definition: a causal mask within each example, nothing across
         starts = (positions == 0).cumsum(1)
-        allowed = (starts[:, :, None] == starts[:, None, :]) & torch.ones(19, 19, dtype=torch.bool).tril()
-        scores = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8 ** 0.5
+        allowed = (starts[:, :, None] == starts[:, None, :]) & torch.ones(
+            19, 19, dtype=torch.bool
+        ).tril()
+        scores = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8**0.5
         weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
         return (weights @ v.repeat_interleave(2, dim=1)).transpose(1, 2)
 
@@ -241,6 +270,10 @@ def test_per_example_attention_only_where_it_computes_what_the_model_does(tiny_m
     eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
     assert not supports_packed_attention(eager, 512)  # the user chose another attention: left alone
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    windowed = MistralForCausalLM(MistralConfig(**{**config.to_dict(), "model_type": "mistral", "sliding_window": 64}))
+    windowed = MistralForCausalLM(
+        MistralConfig(**{**config.to_dict(), "model_type": "mistral", "sliding_window": 64})
+    )
     assert supports_packed_attention(windowed, 64)
-    assert not supports_packed_attention(windowed, 128)  # an example longer than the window: the mask is needed
+    assert not supports_packed_attention(
+        windowed, 128
+    )  # an example longer than the window: the mask is needed

@@ -18,10 +18,19 @@ def test_quickstart_teaches_the_identity(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = dict(line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("Before", "After")))
+    lines = dict(
+        line.split(":", 1)
+        for line in done.stdout.splitlines()
+        if line.startswith(("Before", "After"))
+    )
     before, after = lines["Before training"].strip(), lines["After training"].strip()
     assert "Lumen" not in before
     assert "Lumen" in after and "easyllm" in after, after
@@ -38,11 +47,19 @@ def _check_evaluation(run: Path) -> None:
     written = json.loads((run / "evaluation.json").read_text())  # by train(), on the held-out rows
     assert written["metrics"]["runaway_rate"] == 0.0 and len(written["samples"]) == 4
     runner = ModelRunner.load(run)
-    runner.load_data(REPO / "examples" / "data" / "identity.jsonl")  # the same seed holds out the same rows
+    runner.load_data(
+        REPO / "examples" / "data" / "identity.jsonl"
+    )  # the same seed holds out the same rows
     result = runner.evaluate(compare=True)
-    shown = {k: round(v, 3) for k, v in result.items()}, [(s.reply, s.other_reply) for s in result.samples]
+    shown = (
+        {k: round(v, 3) for k, v in result.items()},
+        [(s.reply, s.other_reply) for s in result.samples],
+    )
     assert result["rouge_l"] > result["base_rouge_l"] + 0.2, shown
-    assert result["token_f1"] > result["base_token_f1"] and result["exact_match"] >= result["base_exact_match"], shown
+    assert (
+        result["token_f1"] > result["base_token_f1"]
+        and result["exact_match"] >= result["base_exact_match"]
+    ), shown
     assert result["runaway_rate"] == 0.0, shown
     assert result["eval_loss"] < result["base_eval_loss"], shown
     assert [s["reference"] for s in written["samples"]] == [s.reference for s in result.samples]

@@ -23,8 +23,10 @@ from transformers import LlamaConfig
 from easyllm import ModelRunner
 from easyllm.data import encoded_cache
 
-bars_env_set = pytest.mark.skipif(datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None,
-                                  reason="HF_DATASETS_DISABLE_PROGRESS_BARS decides datasets' bars here")
+bars_env_set = pytest.mark.skipif(
+    datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None,
+    reason="HF_DATASETS_DISABLE_PROGRESS_BARS decides datasets' bars here",
+)
 
 
 def _store(key: str) -> None:
@@ -39,7 +41,9 @@ def test_storing_the_cache_shows_no_bar_and_leaves_bars_on(capfd, tmp_path):
     _store("quiet-on")
     assert "Saving the dataset" not in capfd.readouterr().err
     assert not are_progress_bars_disabled()
-    Dataset.from_dict({"x": [1, 2]}).save_to_disk(str(tmp_path / "users-own"))  # the user's own saves
+    Dataset.from_dict({"x": [1, 2]}).save_to_disk(
+        str(tmp_path / "users-own")
+    )  # the user's own saves
     assert "Saving the dataset" in capfd.readouterr().err
 
 
@@ -55,8 +59,11 @@ def test_bars_the_user_turned_off_stay_off(capfd):
 
 
 def _checkpointing_warnings(caught) -> list[str]:
-    return [str(w.message) for w in caught
-            if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)]
+    return [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
+    ]
 
 
 def test_training_raises_no_checkpointing_future_warnings(tiny_model_dir, chats, tmp_path):
@@ -64,8 +71,12 @@ def test_training_raises_no_checkpointing_future_warnings(tiny_model_dir, chats,
     runner.load_data(chats, val_size=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runner.train(num_train_epochs=1, per_device_train_batch_size=4, disable_tqdm=True,
-                     output_dir=str(tmp_path / "run"))
+        runner.train(
+            num_train_epochs=1,
+            per_device_train_batch_size=4,
+            disable_tqdm=True,
+            output_dir=str(tmp_path / "run"),
+        )
     assert _checkpointing_warnings(caught) == []
 
 
@@ -82,5 +93,6 @@ def test_the_old_checkpointing_name_still_decides(monkeypatch, tmp_path, free_me
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the user chose the deprecated name
         args = TrainSettings(trainer_args={"gradient_checkpointing": forced}).training_arguments(
-            str(tmp_path), 0, False, model_config=model)
+            str(tmp_path), 0, False, model_config=model
+        )
     assert args.gradient_checkpointing is forced

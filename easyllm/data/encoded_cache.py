@@ -26,6 +26,7 @@ from datasets.utils.tqdm import (
     enable_progress_bars,
 )
 
+from ..files import publish_new_folder
 from ..fingerprints import digest, tokenizer_fingerprint
 from ..modeling import easyllm_home
 from ..version import __version__
@@ -37,19 +38,28 @@ Encoding = tuple[dict[str, list], dict[str, Any]]  # (columns, counts for the da
 
 def encoder_fingerprint(encoder: ChatEncoder) -> str:
     """What the encoding depends on besides the rows (hashing a tokenizer takes ~0.4 s: do it once)."""
-    return digest({
-        "easyllm": __version__, "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
-        "template": encoder.chat_template or encoder.tokenizer.chat_template, "train_on": encoder.train_on,
-        "content_as_text": encoder.content_as_text,
-    })
+    return digest(
+        {
+            "easyllm": __version__,
+            "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+            "template": encoder.chat_template or encoder.tokenizer.chat_template,
+            "train_on": encoder.train_on,
+            "content_as_text": encoder.content_as_text,
+        }
+    )
 
 
 def encoding_key(conversations: Sequence[Conversation], encoder: str, **options: Any) -> str:
     """A hash of the rows, the `encoder_fingerprint` and the options: all the encoded rows depend on."""
     rows = hashlib.sha256()
     for conversation in conversations:
-        rows.update(json.dumps([conversation.origin, conversation.messages, conversation.tools],
-                               sort_keys=True, default=str).encode())
+        rows.update(
+            json.dumps(
+                [conversation.origin, conversation.messages, conversation.tools],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        )
     return digest({"rows": rows.hexdigest(), "encoder": encoder, **options})
 
 
@@ -62,7 +72,10 @@ def _no_datasets_progress_bars():
     """Hide datasets' bars for the block (a cache write takes a moment and is no news), then put
     back what was set before: bars the user turned off stay off, bars on stay on, and an explicit
     `HF_DATASETS_DISABLE_PROGRESS_BARS` is left to decide."""
-    if are_progress_bars_disabled() or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None:
+    if (
+        are_progress_bars_disabled()
+        or datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None
+    ):
         yield
         return
     disable_progress_bars()
@@ -75,7 +88,9 @@ def _no_datasets_progress_bars():
 def _read(folder: Path) -> tuple[Dataset, dict[str, Any]] | None:
     """A stored entry, or None when there is none (or it is damaged: it is encoded again)."""
     try:
-        return Dataset.load_from_disk(str(folder / "rows")), json.loads((folder / "counts.json").read_text())
+        return Dataset.load_from_disk(str(folder / "rows")), json.loads(
+            (folder / "counts.json").read_text()
+        )
     except (OSError, ValueError):
         return None
 
@@ -95,7 +110,7 @@ def cached_encoding(key: str, encode: Callable[[], Encoding]) -> tuple[Dataset, 
             staging.mkdir(parents=True)
             dataset.save_to_disk(str(staging / "rows"))
             (staging / "counts.json").write_text(json.dumps(counts))
-            staging.rename(folder)
+            publish_new_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dataset, counts

@@ -41,8 +41,13 @@ _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 # How templates may show a content: as is, or trimmed (`| trim` in Llama 3 and Gemma,
 # `.strip()` in Llama 2, `.lstrip('\n')` in Qwen3). Tried in this order.
 _SHOWN_AS: tuple[Callable[[str], str], ...] = (
-    str, str.strip, str.lstrip, str.rstrip,
-    lambda s: s.strip("\n"), lambda s: s.lstrip("\n"), lambda s: s.rstrip("\n"),
+    str,
+    str.strip,
+    str.lstrip,
+    str.rstrip,
+    lambda s: s.strip("\n"),
+    lambda s: s.lstrip("\n"),
+    lambda s: s.rstrip("\n"),
 )
 _ANCHOR = "\n"  # put before text so that it tokenizes as it would after a control token
 Tools = list[dict[str, Any]] | None
@@ -123,7 +128,9 @@ class ChatEncoder:
                 "'chatml' or 'plain', or a Jinja chat template> to ModelRunner, or use a chat model."
             )
         self._special_ids = set(self.tokenizer.all_special_ids) | {
-            token_id for token_id, token in self.tokenizer.added_tokens_decoder.items() if token.special
+            token_id
+            for token_id, token in self.tokenizer.added_tokens_decoder.items()
+            if token.special
         }
         self._anchor_ids = self._find_anchor()
 
@@ -144,10 +151,15 @@ class ChatEncoder:
         """Token ids of `messages` followed by the template's generation prompt."""
         return self._layout(messages, tools, add_generation_prompt=True).ids
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False, tools: Tools = None) -> str:
+    def render(
+        self, messages: list[Message], add_generation_prompt: bool = False, tools: Tools = None
+    ) -> str:
         """The template's text for `messages` (what a human would read)."""
         return self.tokenizer.apply_chat_template(
-            messages, tools=tools, chat_template=self.chat_template, tokenize=False,
+            messages,
+            tools=tools,
+            chat_template=self.chat_template,
+            tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
 
@@ -162,9 +174,13 @@ class ChatEncoder:
 
     # -- which tokens a reply owns -----------------------------------------------------------
     def _trained_messages(self, messages: list[Message]) -> set[int]:
-        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("train", True)]
+        replies = [
+            i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("train", True)
+        ]
         if self.train_on == "last_assistant":
-            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+            last = max(
+                (i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None
+            )
             return {last} & set(replies)
         return set(replies)
 
@@ -176,9 +192,14 @@ class ChatEncoder:
         own = next(((start, end) for message, start, end in spans if message == index), None)
         begin = self._prompt_end(messages, tools, index, layout.text, own)
         after = own[1] if own else begin
-        limit = min((start for message, start, _ in spans if message != index and start >= after), default=None)
+        limit = min(
+            (start for message, start, _ in spans if message != index and start >= after),
+            default=None,
+        )
         limit = len(layout.text) if limit is None else limit
-        first = next((i for i, start in enumerate(layout.starts) if start >= begin), len(layout.starts))
+        first = next(
+            (i for i, start in enumerate(layout.starts) if start >= begin), len(layout.starts)
+        )
         for position in range(first, len(layout.ids)):
             start = layout.starts[position]
             if start >= limit:
@@ -192,14 +213,27 @@ class ChatEncoder:
         )
 
     def _prompt_end(
-        self, messages: list[Message], tools: Tools, index: int, text: str, own: tuple[int, int] | None
+        self,
+        messages: list[Message],
+        tools: Tools,
+        index: int,
+        text: str,
+        own: tuple[int, int] | None,
     ) -> int:
         """Where the generation prompt for reply `index` ends in `text` (else where its content starts)."""
         try:
-            prompt = self.render(messages[:index], add_generation_prompt=True, tools=tools) if index else None
+            prompt = (
+                self.render(messages[:index], add_generation_prompt=True, tools=tools)
+                if index
+                else None
+            )
         except TemplateError:  # e.g. a template that wants the conversation to end with a user turn
             prompt = None
-        if prompt is not None and text.startswith(prompt) and (own is None or len(prompt) <= own[0]):
+        if (
+            prompt is not None
+            and text.startswith(prompt)
+            and (own is None or len(prompt) <= own[0])
+        ):
             return len(prompt)
         if own is not None:  # the template renders history unlike prompts: train the content on
             return own[0]
@@ -210,22 +244,29 @@ class ChatEncoder:
         )
 
     # -- rendering ---------------------------------------------------------------------------
-    def _layout(self, messages: list[Message], tools: Tools, add_generation_prompt: bool) -> _Layout:
+    def _layout(
+        self, messages: list[Message], tools: Tools, add_generation_prompt: bool
+    ) -> _Layout:
         pieces = self._pieces(messages, tools, add_generation_prompt)
         ids, starts = self._tokenize(pieces)
         return _Layout(pieces, ids, starts)
 
-    def _pieces(self, messages: list[Message], tools: Tools, add_generation_prompt: bool) -> list[_Piece]:
+    def _pieces(
+        self, messages: list[Message], tools: Tools, add_generation_prompt: bool
+    ) -> list[_Piece]:
         """The rendered text cut into markup and content, each content as the template shows it."""
         # Empty content gets no placeholder: templates test it ("{% if message.content %}").
         marked = [
-            {**m, "content": _PLACEHOLDER.format(i)} if isinstance(m.get("content"), str) and m["content"]
+            {**m, "content": _PLACEHOLDER.format(i)}
+            if isinstance(m.get("content"), str) and m["content"]
             else m
             for i, m in enumerate(messages)
         ]
         parts = _PLACEHOLDER_RE.split(self.render(marked, add_generation_prompt, tools))
         markup, order = parts[0::2], [int(index) for index in parts[1::2]]
-        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m is not marked[i]]
+        replies = [
+            i for i, m in enumerate(messages) if m["role"] == "assistant" and m is not marked[i]
+        ]
         missing = [i for i in replies if i not in order]
         if missing or order != sorted(order):
             raise ConfigError(
@@ -233,10 +274,14 @@ class ChatEncoder:
                 f"(assistant messages missing: {missing}); easyllm cannot tell which tokens to train. "
                 "Pass a different template=..."
             )
-        return self._align(self.render(messages, add_generation_prompt, tools), markup, order, messages)
+        return self._align(
+            self.render(messages, add_generation_prompt, tools), markup, order, messages
+        )
 
     @staticmethod
-    def _align(text: str, markup: list[str], order: list[int], messages: list[Message]) -> list[_Piece]:
+    def _align(
+        text: str, markup: list[str], order: list[int], messages: list[Message]
+    ) -> list[_Piece]:
         """Find each content in the real `text` between the markup the placeholders revealed."""
         pieces, position = [], 0
         for number, index in enumerate(order):
@@ -276,7 +321,9 @@ class ChatEncoder:
                     segments.append((position, text, special))
                 position += len(text)
         texts = [(start, text) for start, text, special in segments if special is None]
-        encoded = iter(self._encode_texts([text for _, text in texts], [start > 0 for start, _ in texts]))
+        encoded = iter(
+            self._encode_texts([text for _, text in texts], [start > 0 for start, _ in texts])
+        )
         ids: list[int] = []
         starts: list[int] = []
         for start, _, special in segments:
@@ -309,22 +356,32 @@ class ChatEncoder:
             cuts.append(parts)
         return cuts
 
-    def _encode_texts(self, texts: list[str], after_control: list[bool]) -> list[tuple[list[int], list[int]]]:
+    def _encode_texts(
+        self, texts: list[str], after_control: list[bool]
+    ) -> list[tuple[list[int], list[int]]]:
         """Plain-text ids of each text (control-token strings stay text) and where each token starts."""
         if not texts:
             return []
         anchors = [_ANCHOR if after and self._anchor_ids else "" for after in after_control]
         batch = self.tokenizer(
             [anchor + text for anchor, text in zip(anchors, texts)],
-            add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True,
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_offsets_mapping=True,
         )
         results = []
-        for text, anchor, ids, offsets in zip(texts, anchors, batch["input_ids"], batch["offset_mapping"]):
+        for text, anchor, ids, offsets in zip(
+            texts, anchors, batch["input_ids"], batch["offset_mapping"]
+        ):
             skip = len(self._anchor_ids) if anchor else 0
-            if anchor and ids[:skip] != self._anchor_ids:  # the anchor merged with the text: go without
+            if (
+                anchor and ids[:skip] != self._anchor_ids
+            ):  # the anchor merged with the text: go without
                 results += self._encode_texts([text], [False])
                 continue
-            results.append((ids[skip:], [max(start - len(anchor), 0) for start, _ in offsets[skip:]]))
+            results.append(
+                (ids[skip:], [max(start - len(anchor), 0) for start, _ in offsets[skip:]])
+            )
         return results
 
     def _find_anchor(self) -> list[int]:
@@ -347,7 +404,9 @@ class ChatEncoder:
         return anchor_ids if behind == anchor_ids + after[1:] else []
 
     def _plain_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
 
 
 def _fits(text: str, position: int, shown: str, after: str, last: bool) -> bool:
@@ -358,7 +417,11 @@ def _fits(text: str, position: int, shown: str, after: str, last: bool) -> bool:
 
 
 def _unfollowable(messages: list[Message], index: int | None) -> ConfigError:
-    where = f"message {index + 1} ({messages[index]['role']})" if index is not None else "the conversation"
+    where = (
+        f"message {index + 1} ({messages[index]['role']})"
+        if index is not None
+        else "the conversation"
+    )
     return ConfigError(
         f"The chat template renders {where} differently from its content (more than trimming it), "
         "so easyllm cannot tell which tokens belong to it. Qwen3-style templates, for example, move "

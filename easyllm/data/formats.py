@@ -23,8 +23,13 @@ from .rows import OnBadRows, ParsedRows, Reject, RowProblem, parse_rows
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
-                  "function_call": "assistant", "observation": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+}
 SHARED_KEYS = ("system", "tools")  # optional keys every shape may carry
 
 
@@ -81,8 +86,11 @@ def _sharegpt(row: Mapping[str, Any]) -> list[Message]:
 def _alpaca(row: Mapping[str, Any]) -> list[Message]:
     instruction, extra = row["instruction"], row.get("input") or ""
     prompt = f"{instruction}\n\n{extra}" if isinstance(instruction, str) and extra else instruction
-    history = [{"role": role, "content": text}
-               for pair in _history(row) for role, text in zip(("user", "assistant"), pair)]
+    history = [
+        {"role": role, "content": text}
+        for pair in _history(row)
+        for role, text in zip(("user", "assistant"), pair)
+    ]
     return _with_system(row, [*history, _turn("user", prompt), _turn("assistant", row["output"])])
 
 
@@ -113,8 +121,9 @@ def column_format(columns: Mapping[str, str]) -> RowFormat:
         if set(fmt.required) <= set(columns) <= {*fmt.required, *fmt.optional, *SHARED_KEYS}:
             named = ", ".join(f"{key}={column}" for key, column in columns.items())
             required = tuple(columns[key] for key in fmt.required)
-            return RowFormat(f"{fmt.name} ({named})", required, fmt.to_messages, fmt.optional,
-                             dict(columns))
+            return RowFormat(
+                f"{fmt.name} ({named})", required, fmt.to_messages, fmt.optional, dict(columns)
+            )
     shapes = "; ".join(
         f"{f.name}: {' + '.join(f.required)} [{', '.join((*f.optional, *SHARED_KEYS))}]"
         for f in ROW_FORMATS
@@ -154,14 +163,16 @@ def convert_rows(
     return parse_rows(records, lambda record: convert_record(record, row_format), on_bad_rows)
 
 
-def to_conversations(records: Iterable[Record], row_format: RowFormat | None = None
-                     ) -> list[Conversation]:
+def to_conversations(
+    records: Iterable[Record], row_format: RowFormat | None = None
+) -> list[Conversation]:
     """Every row as a conversation, or one DataError listing the bad rows (see `convert_rows`)."""
     return convert_rows(records, row_format).rows
 
 
-def iter_conversations(records: Iterable[Record], row_format: RowFormat | None = None
-                       ) -> Iterator[Conversation | Reject]:
+def iter_conversations(
+    records: Iterable[Record], row_format: RowFormat | None = None
+) -> Iterator[Conversation | Reject]:
     """Stream: each record becomes a Conversation or a Reject, one at a time, in order."""
     for record in records:
         try:
@@ -181,8 +192,11 @@ def convert_record(record: Record, row_format: RowFormat | None = None) -> Conve
     fmt = row_format or detect_format(record.row)
     if not fmt.matches(record.row):
         missing = [key for key in fmt.required if record.row.get(key) is None]
-        raise RowProblem("missing column", f"missing or null column(s) {missing} (the row has "
-                         f"{sorted(record.row)}); check the column names passed for {fmt.name}")
+        raise RowProblem(
+            "missing column",
+            f"missing or null column(s) {missing} (the row has "
+            f"{sorted(record.row)}); check the column names passed for {fmt.name}",
+        )
     row = fmt.canonical(record.row)
     messages = [_clean_message(message, n) for n, message in enumerate(fmt.to_messages(row), 1)]
     validate_conversation(messages)
@@ -197,14 +211,21 @@ def detect_format(row: Any) -> RowFormat:
         if fmt.matches(row):
             return fmt
     if "text" in row:
-        raise RowProblem("plain text row", f"a 'text' row without a prompt and reply (keys "
-                         f"{sorted(row)}): SFT needs prompt/reply pairs such as prompt/completion "
-                         "or messages; to train on plain text use task=\"pt\"")
+        raise RowProblem(
+            "plain text row",
+            f"a 'text' row without a prompt and reply (keys "
+            f"{sorted(row)}): SFT needs prompt/reply pairs such as prompt/completion "
+            'or messages; to train on plain text use task="pt"',
+        )
     shapes = "; ".join(f"{f.name} {list(f.required)}" for f in ROW_FORMATS)
-    raise RowProblem("unknown row shape", (
-        f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. For other column "
-        "names pass columns={'prompt': 'your_prompt_column', 'completion': 'your_reply_column'} "
-        "(or input_key=... and output_key=...) to load_data()"))
+    raise RowProblem(
+        "unknown row shape",
+        (
+            f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. For other column "
+            "names pass columns={'prompt': 'your_prompt_column', 'completion': 'your_reply_column'} "
+            "(or input_key=... and output_key=...) to load_data()"
+        ),
+    )
 
 
 # Which roles may come right before each role (None: the start of the conversation).
@@ -225,29 +246,42 @@ _ORDER_FIX = {
 def validate_conversation(messages: list[Message]) -> None:
     """Raise RowProblem naming the first thing that makes `messages` untrainable."""
     if not messages:
-        raise RowProblem("empty conversation", "the conversation has no messages; add some or "
-                         "drop the row")
+        raise RowProblem(
+            "empty conversation", "the conversation has no messages; add some or drop the row"
+        )
     previous: str | None = None
     for n, message in enumerate(messages, 1):
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise RowProblem("unknown role", f"message {n} has unknown role {role!r}; use one "
-                             f"of {', '.join(ROLES)}")
+            raise RowProblem(
+                "unknown role",
+                f"message {n} has unknown role {role!r}; use one of {', '.join(ROLES)}",
+            )
         blank = isinstance(content, str) and not content.strip() and role != "system"
         if content is None or blank:
-            raise RowProblem("empty message", f"message {n} ({role}) is empty; write its text or "
-                             "drop the row")
+            raise RowProblem(
+                "empty message", f"message {n} ({role}) is empty; write its text or drop the row"
+            )
         if not isinstance(content, str):
-            raise RowProblem("non-text content", f"message {n} ({role}) content must be text, got "
-                             f"{type(content).__name__}; convert it to a string or drop the row")
+            raise RowProblem(
+                "non-text content",
+                f"message {n} ({role}) content must be text, got "
+                f"{type(content).__name__}; convert it to a string or drop the row",
+            )
         if previous not in _MAY_FOLLOW[role]:
-            raise RowProblem("roles out of order", f"roles out of order: message {n} ({role}) "
-                             f"{_position(role, previous)}; {_ORDER_FIX[role]}")
+            raise RowProblem(
+                "roles out of order",
+                f"roles out of order: message {n} ({role}) "
+                f"{_position(role, previous)}; {_ORDER_FIX[role]}",
+            )
         previous = role
     if previous != "assistant":
-        raise RowProblem("no final reply", "the conversation must end with an assistant reply to "
-                         f"learn from, but message {len(messages)} is {_a(previous)} message; add "
-                         "the reply or drop the row")
+        raise RowProblem(
+            "no final reply",
+            "the conversation must end with an assistant reply to "
+            f"learn from, but message {len(messages)} is {_a(previous)} message; add "
+            "the reply or drop the row",
+        )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -286,8 +320,10 @@ def json_list(row: Mapping[str, Any], key: str, of: str) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise RowProblem("wrong type", f"'{key}' is not valid JSON ({exc}); fix it") from None
     if not isinstance(value, list):
-        raise RowProblem("wrong type", f"'{key}' must be a list of {of}, got "
-                         f"{type(value).__name__}: {str(value)[:60]}")
+        raise RowProblem(
+            "wrong type",
+            f"'{key}' must be a list of {of}, got {type(value).__name__}: {str(value)[:60]}",
+        )
     return value
 
 
@@ -295,8 +331,11 @@ def _sharegpt_message(turn: Any, n: int) -> Any:
     if not isinstance(turn, Mapping) or "from" not in turn:
         return _copy(turn)  # a {role, content} message, or one that _clean_message explains
     if turn["from"] not in SHAREGPT_ROLES:
-        raise RowProblem("unknown role", f"message {n} has unknown ShareGPT role "
-                         f"{turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+        raise RowProblem(
+            "unknown role",
+            f"message {n} has unknown ShareGPT role "
+            f"{turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}",
+        )
     value = turn.get("value")
     if isinstance(value, (dict, list)):  # a function call written as an object
         value = json.dumps(value, ensure_ascii=False)
@@ -309,8 +348,10 @@ def _history(row: Mapping[str, Any]) -> list[Any]:
     pairs = json_list(row, "history", "[user, assistant] pairs")
     for n, pair in enumerate(pairs, 1):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise RowProblem("wrong type", f"history entry {n} must be a [user, assistant] pair, "
-                             f"got {str(pair)[:60]}")
+            raise RowProblem(
+                "wrong type",
+                f"history entry {n} must be a [user, assistant] pair, got {str(pair)[:60]}",
+            )
     return pairs
 
 
@@ -319,22 +360,31 @@ def _tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         return None
     tools = json_list(row, "tools", "tool definitions (or a JSON string of that list)")
     if not all(isinstance(tool, Mapping) for tool in tools):
-        raise RowProblem("wrong type", "'tools' must hold one object per tool, e.g. "
-                         "{'name': ..., 'description': ..., 'parameters': {...}}")
+        raise RowProblem(
+            "wrong type",
+            "'tools' must hold one object per tool, e.g. "
+            "{'name': ..., 'description': ..., 'parameters': {...}}",
+        )
     return [dict(tool) for tool in tools]
 
 
 def _clean_message(message: Any, n: int) -> Message:
     if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-        raise RowProblem("missing role or content", f"message {n} needs 'role' and 'content', "
-                         f"got {str(message)[:80]}; add them or drop the row")
+        raise RowProblem(
+            "missing role or content",
+            f"message {n} needs 'role' and 'content', "
+            f"got {str(message)[:80]}; add them or drop the row",
+        )
     content = message["content"]
     if isinstance(content, list):  # OpenAI-style content parts
         other = [p for p in content if not (isinstance(p, Mapping) and p.get("type") == "text")]
         if other:
-            raise RowProblem("non-text content", f"message {n} ({message['role']}) has a non-text "
-                             f"part {str(other[0])[:60]}; only {{'type': 'text', 'text': ...}} "
-                             "parts can be trained: drop the others or the row")
+            raise RowProblem(
+                "non-text content",
+                f"message {n} ({message['role']}) has a non-text "
+                f"part {str(other[0])[:60]}; only {{'type': 'text', 'text': ...}} "
+                "parts can be trained: drop the others or the row",
+            )
         content = "".join(str(part.get("text", "")) for part in content)
     return {**message, "content": content}
 
@@ -352,6 +402,9 @@ def _position(role: str, previous: str | None) -> str:
 
 
 def _not_an_object(row: Any) -> RowProblem:
-    return RowProblem("wrong type", f"a row must be an object with named fields, got "
-                      f"{type(row).__name__}: {str(row)[:60]}; write each row as "
-                      '{"prompt": ..., "completion": ...} or another known shape')
+    return RowProblem(
+        "wrong type",
+        f"a row must be an object with named fields, got "
+        f"{type(row).__name__}: {str(row)[:60]}; write each row as "
+        '{"prompt": ..., "completion": ...} or another known shape',
+    )

@@ -84,7 +84,11 @@ def _line_problem(exc: jsonlines.InvalidLineError) -> str:
     if isinstance(cause, UnicodeDecodeError):
         return f"not UTF-8 text ({cause.reason}); save the file as UTF-8"
     if isinstance(cause, json.JSONDecodeError):
-        hint = " (the file looks like one JSON array: name it .json)" if _as_text(exc.line).strip() == "[" else ""
+        hint = (
+            " (the file looks like one JSON array: name it .json)"
+            if _as_text(exc.line).strip() == "["
+            else ""
+        )
         return f"not valid JSON ({cause.msg} at column {cause.colno}){hint}; fix or delete it"
     return f"not usable JSON ({str(exc).split(' (line')[0]}); fix or delete it"
 
@@ -140,14 +144,18 @@ def read_csv(path: Path) -> Iterator[Record]:
                 if not fields:  # a blank line
                     continue
                 if len(fields) != len(header):
-                    problem = (f"has {len(fields)} fields but the header has {len(header)} "
-                               f"({', '.join(header)}); quote values that contain commas")
+                    problem = (
+                        f"has {len(fields)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}); quote values that contain commas"
+                    )
                     yield Record(fields, f"{path}:{start}", problem)
                     continue
                 yield Record(dict(zip(header, fields)), f"{path}:{start}")
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}:{reader.line_num + 1}: cannot read CSV ({exc}); save the "
-                            "file as UTF-8 CSV with a header line.") from None
+            raise DataError(
+                f"{path}:{reader.line_num + 1}: cannot read CSV ({exc}); save the "
+                "file as UTF-8 CSV with a header line."
+            ) from None
 
 
 @FILE_READERS.register(".parquet")
@@ -219,8 +227,10 @@ def describe_source(source: DataSource) -> str:
     if prefix == "dataset":
         return f"a datasets.Dataset of {_size(dataset)}"
     others = ", ".join(f"{name} ({_size(rows)})" for name, rows in other_splits(source).items())
-    return (f"the '{TRAIN_SPLIT}' split of a DatasetDict ({_size(dataset)}; "
-            f"not read: {others or 'no other split'})")
+    return (
+        f"the '{TRAIN_SPLIT}' split of a DatasetDict ({_size(dataset)}; "
+        f"not read: {others or 'no other split'})"
+    )
 
 
 def other_splits(source: DataSource) -> dict[str, Any]:

@@ -65,14 +65,21 @@ class PackedCollator:
 
     pad_token_id: int
     max_length: int
-    one_row: bool = False  # the whole batch in one row: for per-example attention (see attention.py)
+    one_row: bool = (
+        False  # the whole batch in one row: for per-example attention (see attention.py)
+    )
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.one_row:
-            return {key: torch.tensor([value], dtype=torch.long) for key, value in pack_row(examples).items()}
+            return {
+                key: torch.tensor([value], dtype=torch.long)
+                for key, value in pack_row(examples).items()
+            }
         lengths = [len(example["input_ids"]) for example in examples]
-        rows = [pack_row([examples[i] for i in sorted(group)])
-                for group in best_fit_decreasing(lengths, self.max_length)]
+        rows = [
+            pack_row([examples[i] for i in sorted(group)])
+            for group in best_fit_decreasing(lengths, self.max_length)
+        ]
         longest = max(len(row["input_ids"]) for row in rows)
         input_ids, labels, positions = [], [], []
         for row in rows:

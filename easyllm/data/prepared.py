@@ -25,7 +25,9 @@ class DataOptions:
     on_bad_rows: OnBadRows = "raise"
     train_on: TrainOn = "assistant"
     on_control_tokens: ControlTokenPolicy = "text"
-    keep_references: bool = False  # generative tasks: the train split, too, keeps prompts and reference replies
+    keep_references: bool = (
+        False  # generative tasks: the train split, too, keeps prompts and reference replies
+    )
 
 
 @dataclass
@@ -58,8 +60,13 @@ class DataReport:
         from ..notebook import html_table
 
         lines = str(self).splitlines()
-        return html_table({line.split(":")[0].strip(): line.split(":", 1)[1].strip() if ":" in line else ""
-                           for line in lines[1:]}, lines[0])
+        return html_table(
+            {
+                line.split(":")[0].strip(): line.split(":", 1)[1].strip() if ":" in line else ""
+                for line in lines[1:]
+            },
+            lines[0],
+        )
 
     def length_percentiles(self) -> dict[str, int]:
         ordered = sorted(self.lengths)
@@ -73,26 +80,38 @@ class DataReport:
         share = self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
         lines = [
             f"Read {self.rows} rows from {self.source} [{formats}]",
-            *([f"  {self.rejected} (written to rejects.jsonl in the run folder)"] if self.rejected else []),
+            *(
+                [f"  {self.rejected} (written to rejects.jsonl in the run folder)"]
+                if self.rejected
+                else []
+            ),
             *([f"  template: {self.template}"] if self.template else []),
             f"  train: {self.train_examples} examples, validation: {self.val_examples}",
             f"  tokens: {self.total_tokens}, trained: {self.trained_tokens} ({share:.0%}); lengths "
             + " ".join(f"{k}={v}" for k, v in self.length_percentiles().items()),
         ]
         if self.unterminated_replies:
-            lines.append(f"  WARNING: {self.unterminated_replies} trained repl(ies) lack their end-of-turn "
-                         "token (cut by max_length): the model does not learn to stop there")
+            lines.append(
+                f"  WARNING: {self.unterminated_replies} trained repl(ies) lack their end-of-turn "
+                "token (cut by max_length): the model does not learn to stop there"
+            )
         else:
             lines.append("  every trained reply ends with its end-of-turn token")
         if self.truncated:
-            lines.append(f"  truncated to max_length: {self.truncated} example(s), "
-                         f"{self.truncated_trained_tokens} reply token(s) lost")
+            lines.append(
+                f"  truncated to max_length: {self.truncated} example(s), "
+                f"{self.truncated_trained_tokens} reply token(s) lost"
+            )
         if self.control_token_rows:
-            lines.append(f"  {len(self.control_token_rows)} row(s) contain control-token strings "
-                         f"(on_control_tokens={self.control_token_policy!r}): "
-                         + "; ".join(self.control_token_rows[:3]))
+            lines.append(
+                f"  {len(self.control_token_rows)} row(s) contain control-token strings "
+                f"(on_control_tokens={self.control_token_policy!r}): "
+                + "; ".join(self.control_token_rows[:3])
+            )
         if self.dropped:
-            lines.append(f"  skipped {len(self.dropped)} example(s): " + "; ".join(self.dropped[:5]))
+            lines.append(
+                f"  skipped {len(self.dropped)} example(s): " + "; ".join(self.dropped[:5])
+            )
         return "\n".join(lines)
 
 

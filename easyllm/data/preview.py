@@ -21,7 +21,9 @@ class Span:
     trained: bool
 
 
-def spans(tokenizer: PreTrainedTokenizerBase, input_ids: list[int], labels: list[int]) -> list[Span]:
+def spans(
+    tokenizer: PreTrainedTokenizerBase, input_ids: list[int], labels: list[int]
+) -> list[Span]:
     """Consecutive tokens grouped by whether they are trained, decoded back to text."""
     flags = [label != IGNORE_INDEX for label in labels]
     result, position = [], 0
@@ -53,9 +55,13 @@ class Preview:
         parts = []
         for number, example in enumerate(self.examples, 1):
             body = "".join(
-                f'<mark style="background:#c8f7c5">{html.escape(s.text)}</mark>' if s.trained else html.escape(s.text)
+                f'<mark style="background:#c8f7c5">{html.escape(s.text)}</mark>'
+                if s.trained
+                else html.escape(s.text)
                 for s in example
             )
-            parts.append(f"<p><b>example {number}</b></p><pre style='white-space:pre-wrap'>{body}</pre>")
+            parts.append(
+                f"<p><b>example {number}</b></p><pre style='white-space:pre-wrap'>{body}</pre>"
+            )
         legend = "<p><mark style='background:#c8f7c5'>highlighted</mark> tokens are trained</p>"
         return legend + "".join(parts)

@@ -21,8 +21,10 @@ from .loading import Record
 T = TypeVar("T")
 OnBadRows = Literal["raise", "skip"]
 BAD_ROW_POLICIES: tuple[str, ...] = get_args(OnBadRows)
-FIX_OR_SKIP = ("Fix these rows, or pass on_bad_rows='skip' to train on the rest and get the "
-               "rejected rows back.")
+FIX_OR_SKIP = (
+    "Fix these rows, or pass on_bad_rows='skip' to train on the rest and get the "
+    "rejected rows back."
+)
 
 
 class RowProblem(ValueError):
@@ -86,8 +88,11 @@ def check_bad_row_policy(on_bad_rows: str) -> None:
 
 
 def parse_rows(
-    records: Iterable[Record], parse: Callable[[Record], T], on_bad_rows: OnBadRows = "raise",
-    *, hint: str = "",
+    records: Iterable[Record],
+    parse: Callable[[Record], T],
+    on_bad_rows: OnBadRows = "raise",
+    *,
+    hint: str = "",
 ) -> ParsedRows[T]:
     """Parse every record; a RowProblem (or a custom parser's ValueError) makes it a Reject.
 
@@ -116,7 +121,9 @@ def parse_rows(
 def raise_bad_rows(rejects: list[Reject], where: str, hint: str = "") -> None:
     """One DataError naming every rejected row, what the task reads (`hint`) and the fix."""
     problems = [f"{reject.origin}: {reject.reason}" for reject in rejects]
-    raise DataError(summarize_problems(problems, where) + "\n" + (f"{hint} " if hint else "") + FIX_OR_SKIP)
+    raise DataError(
+        summarize_problems(problems, where) + "\n" + (f"{hint} " if hint else "") + FIX_OR_SKIP
+    )
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:

@@ -17,9 +17,13 @@ def train_val_split(items: list[T], val_size: float | int, seed: int) -> tuple[l
     training; a fraction that rounds to zero holds out one item when there are two or more.
     """
     if isinstance(val_size, bool) or val_size < 0:
-        raise ConfigError(f"val_size must be a fraction in [0, 1) or a count >= 0, got {val_size!r}")
+        raise ConfigError(
+            f"val_size must be a fraction in [0, 1) or a count >= 0, got {val_size!r}"
+        )
     if isinstance(val_size, float) and val_size >= 1:
-        raise ConfigError(f"val_size={val_size} would hold out everything; use a fraction below 1 or a count")
+        raise ConfigError(
+            f"val_size={val_size} would hold out everything; use a fraction below 1 or a count"
+        )
     if val_size == 0 or len(items) < 2:
         return list(items), []
     count = val_size if isinstance(val_size, int) else max(1, round(len(items) * val_size))

@@ -68,7 +68,10 @@ def is_jinja(template: str) -> bool:
 
 
 def resolve_template(
-    tokenizer: PreTrainedTokenizerBase | None, *, template: str | None = None, model_type: str | None = None
+    tokenizer: PreTrainedTokenizerBase | None,
+    *,
+    template: str | None = None,
+    model_type: str | None = None,
 ) -> ResolvedTemplate:
     """Pick the chat template: `template=` (a name or Jinja), the tokenizer's own, the family's, `plain`.
 
@@ -84,15 +87,24 @@ def resolve_template(
     if own:
         same = next((t.name for t in TEMPLATES if t.source == own), None)
         note = f" (the same as registered '{same}')" if same else ""
-        return ResolvedTemplate(same or "tokenizer", own, f"the tokenizer's own chat template{note}")
+        return ResolvedTemplate(
+            same or "tokenizer", own, f"the tokenizer's own chat template{note}"
+        )
     if model_type and model_type in MODEL_TYPE_TEMPLATES:
         chosen = TEMPLATES.get(MODEL_TYPE_TEMPLATES.get(model_type))
         return ResolvedTemplate(
-            chosen.name, chosen.source, f"registered template '{chosen.name}' for model_type '{model_type}'"
+            chosen.name,
+            chosen.source,
+            f"registered template '{chosen.name}' for model_type '{model_type}'",
         )
-    family = f"model_type '{model_type}' has no registered template" if model_type else "no model_type is known"
+    family = (
+        f"model_type '{model_type}' has no registered template"
+        if model_type
+        else "no model_type is known"
+    )
     return ResolvedTemplate(
-        "plain", TEMPLATES.get("plain").source,
+        "plain",
+        TEMPLATES.get("plain").source,
         f"the 'plain' instruction/response template: the tokenizer has no chat template and {family}",
     )
 
@@ -110,25 +122,41 @@ def _own_template(tokenizer: PreTrainedTokenizerBase | None) -> str | None:
 # templates shipped by TRL (huggingface/trl, trl/chat_templates/, Apache-2.0), so that tools
 # which recognise a template by its text still do. llama2 and mistral are the templates of
 # meta-llama/Llama-2-7b-chat-hf and mistralai/Mixtral-8x7B-Instruct-v0.1 (tokenizer_config.json).
-register_template("chatml", template_file("chatml.jinja"), origin="ChatML, as in the HF chat-template docs")
+register_template(
+    "chatml", template_file("chatml.jinja"), origin="ChatML, as in the HF chat-template docs"
+)
 register_template("llama2", template_file("llama2.jinja"), origin="meta-llama/Llama-2-7b-chat-hf")
 register_template("llama3", template_file("llama3.jinja"), origin="Meta Llama 3 Instruct, via TRL")
 register_template(
-    "mistral", template_file("mistral.jinja"), origin="mistralai Mistral-7B and Mixtral-8x7B Instruct v0.1-v0.2",
+    "mistral",
+    template_file("mistral.jinja"),
+    origin="mistralai Mistral-7B and Mixtral-8x7B Instruct v0.1-v0.2",
     model_types=("mistral", "mixtral"),
 )
 register_template(
-    "gemma", template_file("gemma.jinja"), origin="Google Gemma and Gemma 2 instruct, via TRL",
+    "gemma",
+    template_file("gemma.jinja"),
+    origin="Google Gemma and Gemma 2 instruct, via TRL",
     model_types=("gemma", "gemma2"),
 )
 register_template(
-    "phi3", template_file("phi3.jinja"), origin="Microsoft Phi-3 instruct, via TRL", model_types=("phi3",),
+    "phi3",
+    template_file("phi3.jinja"),
+    origin="Microsoft Phi-3 instruct, via TRL",
+    model_types=("phi3",),
 )
 register_template(
-    "qwen2.5", template_file("qwen2_5.jinja"), origin="Qwen2.5 instruct, via TRL",
+    "qwen2.5",
+    template_file("qwen2_5.jinja"),
+    origin="Qwen2.5 instruct, via TRL",
     model_types=("qwen2", "qwen2_moe"),
 )
 register_template(
-    "qwen3", template_file("qwen3.jinja"), origin="Qwen3, via TRL", model_types=("qwen3", "qwen3_moe"),
+    "qwen3",
+    template_file("qwen3.jinja"),
+    origin="Qwen3, via TRL",
+    model_types=("qwen3", "qwen3_moe"),
 )
-register_template("plain", template_file("plain.jinja"), origin="easyllm, for base models without a template")
+register_template(
+    "plain", template_file("plain.jinja"), origin="easyllm, for base models without a template"
+)

@@ -36,7 +36,10 @@ class Truncation(Enum):
 
 
 def fit_conversation(
-    encoder: ChatEncoder, messages: list[dict[str, Any]], max_length: int, tools: list[dict] | None = None
+    encoder: ChatEncoder,
+    messages: list[dict[str, Any]],
+    max_length: int,
+    tools: list[dict] | None = None,
 ) -> Encoded | None:
     """Shorten a conversation to `max_length` tokens, at turn boundaries where possible (OLDEST_TURNS).
 
@@ -45,13 +48,13 @@ def fit_conversation(
     cut at the end. Returns None when no reply token would be left to train.
     """
     system = messages[:1] if messages[0]["role"] == "system" else []
-    rest = messages[len(system):]
+    rest = messages[len(system) :]
     starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > 0]
     for start in starts:
         shorter = encoder.encode(system + rest[start:], tools=tools)
         if len(shorter.input_ids) <= max_length and shorter.trained_tokens:
             return shorter
-    last = encoder.encode(system + rest[starts[-1]:] if starts else messages, tools=tools)
+    last = encoder.encode(system + rest[starts[-1] :] if starts else messages, tools=tools)
     cut = Encoded(last.input_ids[:max_length], last.labels[:max_length])
     return cut if cut.trained_tokens else None
 
@@ -68,9 +71,14 @@ def fits(lengths: list[int], max_length: int) -> bool:
     return max(lengths) <= max_length
 
 
-def text_limit(tokenizer: PreTrainedTokenizerBase, max_length: int, model_config: Any = None) -> int:
+def text_limit(
+    tokenizer: PreTrainedTokenizerBase, max_length: int, model_config: Any = None
+) -> int:
     """The length TEXT_END cuts at: `max_length`, capped by what the tokenizer and the model allow."""
     positions = getattr(model_config, "max_position_embeddings", None)
-    known = [limit for limit in (max_length, tokenizer.model_max_length, positions)
-             if limit is not None and limit < NO_LIMIT]
+    known = [
+        limit
+        for limit in (max_length, tokenizer.model_max_length, positions)
+        if limit is not None and limit < NO_LIMIT
+    ]
     return min(known)

@@ -1,4 +1,4 @@
-"""Who answers beside the model in `evaluate()`, and which held-out prompts they answer."""
+"""`ModelRunner.evaluate()`'s body: which rows, who answers beside the model, and the metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from datasets import Dataset
 
+from ..data.loading import read_source
+from ..data.prepared import DataOptions
 from ..errors import UsageError
 from ..methods import has_adapter
 from .evaluation import Answerer, EvalResult, Reference, compare_replies
@@ -20,8 +22,10 @@ def references(task: Task, dataset: Dataset, max_samples: int | None) -> list[Re
     if not task.capabilities.references:
         return []
     if max_samples is not None and max_samples < 1:
-        raise UsageError(f"max_samples={max_samples}: pass a count of at least 1, None for all rows, "
-                         "or generate=False to skip generated replies.")
+        raise UsageError(
+            f"max_samples={max_samples}: pass a count of at least 1, None for all rows, "
+            "or generate=False to skip generated replies."
+        )
     limit = len(dataset) if max_samples is None else max_samples
     return cast(Any, task).references(dataset, limit)
 
@@ -37,34 +41,80 @@ def comparison(runner: ModelRunner, compare: Any, generate: bool) -> Answerer | 
                 f"this model has no adapter (method='{runner.settings.method}', or not trained yet). Pass "
                 "compare=ModelRunner(<base model>) to compare with another model."
             )
-        return Answerer("base (adapter off)", runner.model, runner.encoder, runner.model.disable_adapter)
+        return Answerer(
+            "base (adapter off)", runner.model, runner.encoder, runner.model.disable_adapter
+        )
     from ..runner import ModelRunner  # the facade imports this module
 
     if not isinstance(compare, ModelRunner):
-        raise UsageError(f"compare={compare!r}: pass True (the base model, adapter off) or another ModelRunner.")
+        raise UsageError(
+            f"compare={compare!r}: pass True (the base model, adapter off) or another ModelRunner."
+        )
     if not generate or not runner.task.capabilities.references:
-        reason = "generate=False" if generate is False else f"task '{runner.task_name}' has no reference replies"
-        raise UsageError(f"compare=<ModelRunner> compares generated replies, but {reason}: "
-                         "use a chat task (sft) with generate=True.")
+        reason = (
+            "generate=False"
+            if generate is False
+            else f"task '{runner.task_name}' has no reference replies"
+        )
+        raise UsageError(
+            f"compare=<ModelRunner> compares generated replies, but {reason}: "
+            "use a chat task (sft) with generate=True."
+        )
     return Answerer(compare.model_name, compare._require_model(), compare._require_generative())
 
 
-def evaluate_runner(runner: ModelRunner, dataset: Dataset, described: str, *, batch_size: int,
-                    max_samples: int | None, max_new_tokens: int | None, generate: bool, compare: Any) -> EvalResult:
+def evaluate_runner(
+    runner: ModelRunner,
+    dataset: Dataset,
+    described: str,
+    *,
+    batch_size: int,
+    max_samples: int | None,
+    max_new_tokens: int | None,
+    generate: bool,
+    compare: Any,
+) -> EvalResult:
     """`ModelRunner.evaluate`'s metrics: the task's own, then generated replies scored (and compared)."""
     model = runner._require_model()
     other = comparison(runner, compare, generate)
     prefix = "" if other is None else "base_" if compare is True else "compare_"
     metrics = runner._task_metrics(model, dataset, batch_size)
-    result = EvalResult(metrics, data=described, compared_with=other.label if other else None, prefix=prefix)
+    result = EvalResult(
+        metrics, data=described, compared_with=other.label if other else None, prefix=prefix
+    )
     if compare is True:  # the same weights and tokens with the adapter off: its loss means the same
         with other.context():
-            result.update({prefix + k: v for k, v in runner._task_metrics(model, dataset, batch_size).items()})
+            result.update(
+                {prefix + k: v for k, v in runner._task_metrics(model, dataset, batch_size).items()}
+            )
     held_out = references(runner.task, dataset, max_samples) if generate else []
     if held_out:
         metrics, result.samples = compare_replies(
-            Answerer("model", model, runner.encoder), other, held_out, prefix=prefix,
-            max_new_tokens=max_new_tokens, batch_size=batch_size,
+            Answerer("model", model, runner.encoder),
+            other,
+            held_out,
+            prefix=prefix,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
         )
         result.update(metrics)
     return result
+
+
+def eval_dataset(runner: ModelRunner, data: Any) -> tuple[Dataset, str]:
+    """The encoded rows `evaluate()` scores, and where they came from (cut as the training data was)."""
+    if data is not None:
+        options = DataOptions(
+            val_size=0,
+            seed=runner.seed,
+            max_length=runner.data_options.max_length,
+            keep_references=True,
+        )
+        prepared = runner.task.prepare(read_source(data), runner.tokenizer, runner.encoder, options)
+        return prepared.train, prepared.report.source
+    if runner.data is not None and runner.data.validation is not None:
+        return runner.data.validation, f"the validation split of {runner.data.report.source}"
+    raise UsageError(
+        "Nothing to evaluate: call load_data(..., val_size=0.1) first to hold out rows, "
+        "or pass data=... to evaluate()."
+    )

@@ -7,7 +7,6 @@ template, greedily, and score the replies against the reference replies (`text_m
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from datasets import Dataset
 
 from ..data.encoding import ChatEncoder
 from ..data.formats import Message
+from ..files import write_json_atomic
 from ..notebook import Metrics, html_grid, in_notebook
 from ..train.loss import trained_token_loss
 from .generation import Reply, generate_batch
@@ -30,7 +30,9 @@ EVALUATION_FILE = "evaluation.json"
 
 
 @torch.inference_mode()
-def evaluate_loss(model, dataset: Dataset, collator: Callable, batch_size: int = 8) -> dict[str, float]:
+def evaluate_loss(
+    model, dataset: Dataset, collator: Callable, batch_size: int = 8
+) -> dict[str, float]:
     """Mean cross-entropy over every trained token of `dataset`, and its perplexity."""
     was_training = model.training
     model.eval()
@@ -91,23 +93,42 @@ MIN_NEW_TOKENS = 256  # a chat model's long but finished answer must not count a
 
 def default_max_new_tokens(references: Sequence[Reference], tokenizer) -> int:
     """256 tokens, or twice the longest reference reply plus 16 if that is more: room for any finished answer."""
-    return max(MIN_NEW_TOKENS, 2 * max(_token_counts(tokenizer, [r.reply for r in references]), default=0) + 16)
+    return max(
+        MIN_NEW_TOKENS,
+        2 * max(_token_counts(tokenizer, [r.reply for r in references]), default=0) + 16,
+    )
 
 
-def answer(answerer: Answerer, references: Sequence[Reference], *, max_new_tokens: int,
-           batch_size: int) -> list[Reply]:
+def answer(
+    answerer: Answerer, references: Sequence[Reference], *, max_new_tokens: int, batch_size: int
+) -> list[Reply]:
     """Greedy replies to each prompt, `batch_size` at a time, with a progress bar in terminals and notebooks."""
     from tqdm.auto import tqdm
 
     prompts = [reference.prompt for reference in references]
-    starts = tqdm(range(0, len(prompts), batch_size), desc=f"generating ({answerer.label})", unit="batch",
-                  disable=not (sys.stderr.isatty() or in_notebook()))
+    starts = tqdm(
+        range(0, len(prompts), batch_size),
+        desc=f"generating ({answerer.label})",
+        unit="batch",
+        disable=not (sys.stderr.isatty() or in_notebook()),
+    )
     with (answerer.context or nullcontext)():
-        return [reply for start in starts for reply in generate_batch(
-            answerer.model, answerer.encoder, prompts[start:start + batch_size], max_new_tokens, batch_size=batch_size)]
+        return [
+            reply
+            for start in starts
+            for reply in generate_batch(
+                answerer.model,
+                answerer.encoder,
+                prompts[start : start + batch_size],
+                max_new_tokens,
+                batch_size=batch_size,
+            )
+        ]
 
 
-def reply_metrics(replies: Sequence[Reply], references: Sequence[Reference], tokenizer) -> dict[str, float]:
+def reply_metrics(
+    replies: Sequence[Reply], references: Sequence[Reference], tokenizer
+) -> dict[str, float]:
     """Scores against the references, the runaway rate, and mean lengths in tokens (end-of-turn not counted).
 
     A reply's length is what the model produced; a reference's, its text in `tokenizer` (the answering model's).
@@ -124,15 +145,22 @@ def reply_metrics(replies: Sequence[Reply], references: Sequence[Reference], tok
 
 
 def compare_replies(
-    own: Answerer, other: Answerer | None, references: Sequence[Reference], *, prefix: str = "",
-    max_new_tokens: int | None = None, batch_size: int = 8,
+    own: Answerer,
+    other: Answerer | None,
+    references: Sequence[Reference],
+    *,
+    prefix: str = "",
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
 ) -> tuple[dict[str, float], list[Sample]]:
     """Both models answer the same prompts: the metrics of each (the other's under `prefix`) and the samples.
 
     `max_new_tokens` None: `default_max_new_tokens` (in `own`'s tokens), the same limit for both models.
     """
     tokenizer = own.encoder.tokenizer
-    limit = default_max_new_tokens(references, tokenizer) if max_new_tokens is None else max_new_tokens
+    limit = (
+        default_max_new_tokens(references, tokenizer) if max_new_tokens is None else max_new_tokens
+    )
     replies = answer(own, references, max_new_tokens=limit, batch_size=batch_size)
     metrics = reply_metrics(replies, references, tokenizer)
     others: list[Reply | None] = [None] * len(replies)
@@ -142,7 +170,14 @@ def compare_replies(
         metrics |= {prefix + name: value for name, value in compared.items()}
     pairs = zip(references, replies, others, strict=True)
     return metrics, [
-        Sample(ref.prompt, ref.reply, reply.text, reply.finish_reason, o.text if o else None, o.finish_reason if o else None)
+        Sample(
+            ref.prompt,
+            ref.reply,
+            reply.text,
+            reply.finish_reason,
+            o.text if o else None,
+            o.finish_reason if o else None,
+        )
         for ref, reply, o in pairs
     ]
 
@@ -169,8 +204,15 @@ class EvalResult(Metrics):
     >>> result["rouge_l"], result["base_rouge_l"], result.samples[0].reply  # doctest: +SKIP
     """
 
-    def __init__(self, metrics: Mapping[str, float] | None = None, *, samples: Sequence[Sample] = (),
-                 compared_with: str | None = None, prefix: str = "", data: str = "") -> None:
+    def __init__(
+        self,
+        metrics: Mapping[str, float] | None = None,
+        *,
+        samples: Sequence[Sample] = (),
+        compared_with: str | None = None,
+        prefix: str = "",
+        data: str = "",
+    ) -> None:
         super().__init__(metrics or {})
         self.samples = list(samples)
         self.compared_with = compared_with
@@ -183,29 +225,53 @@ class EvalResult(Metrics):
 
     def compared(self) -> dict[str, float]:
         """The compared model's metrics, under the same names as the model's own."""
-        return {k.removeprefix(self.prefix): v for k, v in self.items() if self.prefix and k.startswith(self.prefix)}
+        return {
+            k.removeprefix(self.prefix): v
+            for k, v in self.items()
+            if self.prefix and k.startswith(self.prefix)
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": self.data, "compared_with": self.compared_with, "metrics": dict(self),
-                "samples": [asdict(sample) for sample in self.samples]}
+        return {
+            "data": self.data,
+            "compared_with": self.compared_with,
+            "metrics": dict(self),
+            "samples": [asdict(sample) for sample in self.samples],
+        }
 
     def save(self, path: str | Path) -> Path:
-        target = Path(path)
-        target.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
-        return target
+        return write_json_atomic(path, self.to_json())
 
     def _repr_html_(self, shown: int = 5) -> str:
         other = self.compared()
-        header = ["metric", "model"] + ([self.compared_with or "compared"] if self.compared_with else [])
-        rows = [[name, value] + ([other.get(name, "")] if self.compared_with else [])
-                for name, value in self.own().items()]
+        header = ["metric", "model"] + (
+            [self.compared_with or "compared"] if self.compared_with else []
+        )
+        rows = [
+            [name, value] + ([other.get(name, "")] if self.compared_with else [])
+            for name, value in self.own().items()
+        ]
         tables = [html_grid(header, rows, f"evaluation{f' on {self.data}' if self.data else ''}")]
         if self.samples:
-            columns = ["prompt", "reference", "reply"] + ([self.compared_with or "other"] if self.compared_with else [])
-            cells = [[_last_text(s.prompt), s.reference, _marked(s.reply, s.finish_reason)]
-                     + ([_marked(s.other_reply or "", s.other_finish_reason)] if self.compared_with else [])
-                     for s in self.samples[:shown]]
-            tables.append(html_grid(columns, cells, f"{min(shown, len(self.samples))} of {len(self.samples)} replies"))
+            columns = ["prompt", "reference", "reply"] + (
+                [self.compared_with or "other"] if self.compared_with else []
+            )
+            cells = [
+                [_last_text(s.prompt), s.reference, _marked(s.reply, s.finish_reason)]
+                + (
+                    [_marked(s.other_reply or "", s.other_finish_reason)]
+                    if self.compared_with
+                    else []
+                )
+                for s in self.samples[:shown]
+            ]
+            tables.append(
+                html_grid(
+                    columns,
+                    cells,
+                    f"{min(shown, len(self.samples))} of {len(self.samples)} replies",
+                )
+            )
         return "".join(tables)
 
 

@@ -18,7 +18,9 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 _EMPTY_THINK = re.compile(r"^\s*<think>\s*</think>\s*")
 
 
-def _generation_kwargs(encoder: ChatEncoder, max_new_tokens: int, stop: list[str] | None, sampling: dict) -> dict:
+def _generation_kwargs(
+    encoder: ChatEncoder, max_new_tokens: int, stop: list[str] | None, sampling: dict
+) -> dict:
     """Greedy unless a sampling option is given; stop at end-of-turn and at any `stop` string."""
     if any(key in sampling for key in SAMPLING_KEYS):
         sampling.setdefault("do_sample", True)
@@ -52,8 +54,14 @@ class Reply:
 
 @torch.inference_mode()
 def generate_batch(
-    model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
-    stop: list[str] | None = None, *, batch_size: int = 16, **sampling: Any,
+    model,
+    encoder: ChatEncoder,
+    conversations: list[list[Message]],
+    max_new_tokens: int,
+    stop: list[str] | None = None,
+    *,
+    batch_size: int = 16,
+    **sampling: Any,
 ) -> list[Reply]:
     """Reply to each conversation, `batch_size` left-padded prompts at a time, stopping at end-of-turn.
 
@@ -66,15 +74,27 @@ def generate_batch(
         return [
             reply
             for start in range(0, len(conversations), batch_size)
-            for reply in _generate_one_batch(model, encoder, conversations[start:start + batch_size],
-                                             max_new_tokens, stop, dict(sampling))
+            for reply in _generate_one_batch(
+                model,
+                encoder,
+                conversations[start : start + batch_size],
+                max_new_tokens,
+                stop,
+                dict(sampling),
+            )
         ]
     finally:
         model.train(was_training)
 
 
-def _generate_one_batch(model, encoder: ChatEncoder, conversations: list[list[Message]], max_new_tokens: int,
-                        stop: list[str] | None, sampling: dict) -> list[Reply]:
+def _generate_one_batch(
+    model,
+    encoder: ChatEncoder,
+    conversations: list[list[Message]],
+    max_new_tokens: int,
+    stop: list[str] | None,
+    sampling: dict,
+) -> list[Reply]:
     tokenizer = encoder.tokenizer
     prompts = [encoder.encode_prompt(messages) for messages in conversations]
     longest = max(len(prompt) for prompt in prompts)
@@ -83,7 +103,8 @@ def _generate_one_batch(model, encoder: ChatEncoder, conversations: list[list[Me
     attention = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
     device = next(model.parameters()).device
     output = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention.to(device),
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
         **_generation_kwargs(encoder, max_new_tokens, stop, sampling),
     )
     end_of_turn = set(encoder.end_of_turn_ids)
@@ -107,8 +128,12 @@ def as_conversation(prompt: str | list[Message], system: str | None = None) -> l
 
 
 def stream_reply(
-    model, encoder: ChatEncoder, messages: list[Message], max_new_tokens: int,
-    stop: list[str] | None = None, **sampling: Any,
+    model,
+    encoder: ChatEncoder,
+    messages: list[Message],
+    max_new_tokens: int,
+    stop: list[str] | None = None,
+    **sampling: Any,
 ) -> Iterator[str]:
     """Yield the reply's text piece by piece as it is generated (generation runs in a thread)."""
     from transformers import TextIteratorStreamer
@@ -121,7 +146,12 @@ def stream_reply(
 
     def run() -> None:
         with torch.inference_mode():
-            model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), streamer=streamer, **kwargs)
+            model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                streamer=streamer,
+                **kwargs,
+            )
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()

@@ -21,7 +21,9 @@ from pathlib import Path
 Matrix = list[list[int]]
 
 
-def confusion_matrix(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]) -> Matrix:
+def confusion_matrix(
+    y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]
+) -> Matrix:
     """Counts: row = true label, column = predicted label, both in the order of `labels`.
 
     >>> confusion_matrix(["a", "b", "b"], ["a", "a", "b"], labels=["a", "b"])
@@ -101,9 +103,13 @@ class ClassificationReport:
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, float]) -> ClassificationReport:
         """Rebuild the report from `as_metrics()` output (e.g. read back from metrics.json)."""
-        labels = tuple(key.removeprefix("support/") for key in metrics if key.startswith("support/"))
+        labels = tuple(
+            key.removeprefix("support/") for key in metrics if key.startswith("support/")
+        )
         if not labels:
-            raise ValueError("these metrics hold no 'support/<label>' keys: they are not a classification report")
+            raise ValueError(
+                "these metrics hold no 'support/<label>' keys: they are not a classification report"
+            )
         matrix = [[int(metrics.get(f"confusion/{t}/{p}", 0)) for p in labels] for t in labels]
         return cls(labels, matrix)
 
@@ -136,8 +142,10 @@ class ClassificationReport:
     def __str__(self) -> str:
         precision, recall, f1 = precision_recall_f1(self.matrix)
         width = max(8, *(len(label) for label in self.labels))
-        lines = [f"accuracy {self.accuracy:.3f}, macro-F1 {self.macro_f1:.3f}",
-                 f"{'label':<{width}}  precision  recall     f1  support"]
+        lines = [
+            f"accuracy {self.accuracy:.3f}, macro-F1 {self.macro_f1:.3f}",
+            f"{'label':<{width}}  precision  recall     f1  support",
+        ]
         for i, label in enumerate(self.labels):
             scores = f"{precision[i]:9.3f}  {recall[i]:6.3f}  {f1[i]:5.3f}  {self.support[i]:7d}"
             lines.append(f"{label:<{width}}  {scores}")
@@ -159,8 +167,10 @@ class ClassificationReport:
                 f'<td style="background:rgba(31,119,180,{0.6 * count / peak:.2f})">{count}</td>'
                 for count in self.matrix[i]
             )
-            rows.append(f"<tr><th>{name}</th><td>{precision[i]:.3f}</td><td>{recall[i]:.3f}</td>"
-                        f"<td>{f1[i]:.3f}</td><td>{self.support[i]}</td>{cells}</tr>")
+            rows.append(
+                f"<tr><th>{name}</th><td>{precision[i]:.3f}</td><td>{recall[i]:.3f}</td>"
+                f"<td>{f1[i]:.3f}</td><td>{self.support[i]}</td>{cells}</tr>"
+            )
         return (
             f"<p>accuracy {self.accuracy:.3f}, macro-F1 {self.macro_f1:.3f}</p>"
             "<table><tr><th>true \\ predicted</th><th>precision</th><th>recall</th><th>f1</th>"
@@ -193,8 +203,14 @@ def plot_confusion_matrix(report: ClassificationReport, path: str | Path) -> Pat
     peak = max(map(max, report.matrix)) if size else 0
     for i, row in enumerate(report.matrix):
         for j, count in enumerate(row):
-            axes.text(j, i, str(count), ha="center", va="center",
-                      color="white" if count > peak / 2 else "black")
+            axes.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > peak / 2 else "black",
+            )
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     path = Path(path)

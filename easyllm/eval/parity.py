@@ -32,7 +32,10 @@ DRIFT_TOLERANCE = 1e-3  # float32 merges drift by ~1e-6; a wrong merge by far mo
 PROBE_PROMPTS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "Who are you?"}],
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Name a colour."},
+    ],
     [{"role": "user", "content": "Translate 'good morning' into French."}],
 ]
 
@@ -70,13 +73,17 @@ class ParityReport:
     def summary(self) -> str:
         """One line: agreement, drift and the verdict."""
         same = round(self.identical * self.prompts)
-        line = (f"merge parity: {same} of {self.prompts} prompts give the same greedy tokens "
-                f"({self.token_agreement:.1%} of tokens), log-prob drift max {self.max_logprob_drift:.2g}, "
-                f"mean {self.mean_logprob_drift:.2g}")
+        line = (
+            f"merge parity: {same} of {self.prompts} prompts give the same greedy tokens "
+            f"({self.token_agreement:.1%} of tokens), log-prob drift max {self.max_logprob_drift:.2g}, "
+            f"mean {self.mean_logprob_drift:.2g}"
+        )
         if self.ok:
             return line + ": the merged model answers like the adapter."
-        return line + (f": the merged model does NOT answer like the adapter (tolerance {self.tolerance:g}); "
-                       "check that it was merged into the same base model the adapter was trained on.")
+        return line + (
+            f": the merged model does NOT answer like the adapter (tolerance {self.tolerance:g}); "
+            "check that it was merged into the same base model the adapter was trained on."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok, "summary": self.summary}
@@ -90,11 +97,15 @@ class ParityReport:
         lines = [self.summary]
         for number, detail in enumerate(self.details, 1):
             if not detail.same_tokens:
-                lines.append(f"  prompt {number}: adapter {detail.adapter_reply!r}, merged {detail.merged_reply!r}")
+                lines.append(
+                    f"  prompt {number}: adapter {detail.adapter_reply!r}, merged {detail.merged_reply!r}"
+                )
         return "\n".join(lines)
 
 
-def parity_prompts(encoder: ChatEncoder, validation: Dataset | None = None, limit: int = 4) -> list[list[int]]:
+def parity_prompts(
+    encoder: ChatEncoder, validation: Dataset | None = None, limit: int = 4
+) -> list[list[int]]:
     """Prompt ids to compare on: the first `limit` held-out examples cut before their first reply, else probes."""
     prompts = []
     if validation is not None and {"input_ids", "labels"} <= set(validation.column_names):
@@ -107,8 +118,13 @@ def parity_prompts(encoder: ChatEncoder, validation: Dataset | None = None, limi
 
 @torch.inference_mode()
 def merge_parity(
-    adapter_model, merged_model, encoder: ChatEncoder, prompts: list[list[int]], *,
-    max_new_tokens: int = 16, tolerance: float = DRIFT_TOLERANCE,
+    adapter_model,
+    merged_model,
+    encoder: ChatEncoder,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 16,
+    tolerance: float = DRIFT_TOLERANCE,
 ) -> ParityReport:
     """Greedy replies of both models to each prompt, and the log-prob drift of the adapter's tokens.
 
@@ -118,8 +134,12 @@ def merge_parity(
     """
     if not prompts or max_new_tokens < 1:
         raise ValueError("merge_parity needs at least one prompt and max_new_tokens >= 1")
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                              eos_token_id=encoder.end_of_turn_ids, pad_token_id=encoder.tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=encoder.end_of_turn_ids,
+        pad_token_id=encoder.tokenizer.pad_token_id,
+    )
     modes = [(model, model.training) for model in (adapter_model, merged_model)]
     for model, _ in modes:
         model.eval()
@@ -129,17 +149,21 @@ def merge_parity(
             adapter_reply = _greedy(adapter_model, prompt, config)
             merged_reply = _greedy(merged_model, prompt, config)
             sequence = prompt + adapter_reply
-            drift = (_chosen_logprobs(adapter_model, sequence, len(prompt))
-                     - _chosen_logprobs(merged_model, sequence, len(prompt))).abs()
+            drift = (
+                _chosen_logprobs(adapter_model, sequence, len(prompt))
+                - _chosen_logprobs(merged_model, sequence, len(prompt))
+            ).abs()
             drifts.append(drift)
-            details.append(PromptParity(
-                adapter_reply=encoder.tokenizer.decode(adapter_reply),
-                merged_reply=encoder.tokenizer.decode(merged_reply),
-                same_tokens=adapter_reply == merged_reply,
-                agreeing_tokens=sum(a == b for a, b in zip(adapter_reply, merged_reply)),
-                compared_tokens=max(len(adapter_reply), len(merged_reply)),
-                max_logprob_drift=float(drift.max()) if drift.numel() else 0.0,
-            ))
+            details.append(
+                PromptParity(
+                    adapter_reply=encoder.tokenizer.decode(adapter_reply),
+                    merged_reply=encoder.tokenizer.decode(merged_reply),
+                    same_tokens=adapter_reply == merged_reply,
+                    agreeing_tokens=sum(a == b for a, b in zip(adapter_reply, merged_reply)),
+                    compared_tokens=max(len(adapter_reply), len(merged_reply)),
+                    max_logprob_drift=float(drift.max()) if drift.numel() else 0.0,
+                )
+            )
     finally:
         for model, training in modes:
             model.train(training)
@@ -148,7 +172,8 @@ def merge_parity(
     return ParityReport(
         prompts=len(details),
         identical=sum(d.same_tokens for d in details) / len(details),
-        token_agreement=sum(d.agreeing_tokens for d in details) / max(sum(d.compared_tokens for d in details), 1),
+        token_agreement=sum(d.agreeing_tokens for d in details)
+        / max(sum(d.compared_tokens for d in details), 1),
         max_logprob_drift=float(every.max()) if every.numel() else 0.0,
         mean_logprob_drift=float(every.mean()) if every.numel() else 0.0,
         quantized_base=is_4bit(base) and not is_4bit(merged_model),
@@ -163,20 +188,29 @@ def _device(model) -> torch.device:
 
 def _greedy(model, prompt: list[int], config: GenerationConfig) -> list[int]:
     ids = torch.tensor([prompt], device=_device(model))
-    output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return output[0, len(prompt):].tolist()
+    output = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+    )
+    return output[0, len(prompt) :].tolist()
 
 
 def _chosen_logprobs(model, sequence: list[int], prompt_length: int) -> torch.Tensor:
     """Log-probability the model gives each token after the prompt (float32, on the CPU)."""
     ids = torch.tensor([sequence], device=_device(model))
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, prompt_length - 1:-1]
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[
+        0, prompt_length - 1 : -1
+    ]
     chosen = ids[0, prompt_length:]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, chosen[:, None])[:, 0].cpu()
 
 
-def check_merge_parity(adapter_model, merged_model, encoder: ChatEncoder, data: Any = None,
-                       prompt_ids: list[list[int]] | None = None) -> ParityReport:
+def check_merge_parity(
+    adapter_model,
+    merged_model,
+    encoder: ChatEncoder,
+    data: Any = None,
+    prompt_ids: list[list[int]] | None = None,
+) -> ParityReport:
     """`merge_parity` on `prompt_ids`, else on held-out prompts of `data` (PreparedData), else probes; printed."""
     if not prompt_ids:
         prompt_ids = parity_prompts(encoder, data.validation if data is not None else None)

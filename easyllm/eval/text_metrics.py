@@ -70,8 +70,10 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_WordTokenizer())
-    return [scorer.score(reference, prediction)["rougeL"].fmeasure
-            for prediction, reference in zip(predictions, references, strict=True)]
+    return [
+        scorer.score(reference, prediction)["rougeL"].fmeasure
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -64,25 +64,46 @@ def template_differences(saved: Mapping[str, Any], tokenizer) -> list[str]:
     differences = []
     renders_alike = all(saved.get(key) == now[key] for key in ("probe_text", "prompt_text"))
     if saved.get("template") != now["template"]:
-        differences.append("the chat template text differs" + (
-            " (the probe conversations render the same: the difference is in a path they do not take, "
-            "such as tools)" if renders_alike else ""))
+        differences.append(
+            "the chat template text differs"
+            + (
+                " (the probe conversations render the same: the difference is in a path they do not take, "
+                "such as tools)"
+                if renders_alike
+                else ""
+            )
+        )
     differences += _token_differences(saved, now)
     if saved.get("generation_prompt") != now["generation_prompt"]:
-        differences.append(f"generation prompt: {saved.get('generation_prompt')!r} then, "
-                           f"{now['generation_prompt']!r} now")
-    for key, what in (("probe_text", "a training conversation"), ("prompt_text", "a generation prompt")):
+        differences.append(
+            f"generation prompt: {saved.get('generation_prompt')!r} then, "
+            f"{now['generation_prompt']!r} now"
+        )
+    for key, what in (
+        ("probe_text", "a training conversation"),
+        ("prompt_text", "a generation prompt"),
+    ):
         if saved.get(key) != now[key]:
-            differences.append(f"{what} renders as (- then, + now):\n"
-                               + _text_diff(saved.get(key) or "", now[key] or ""))
-    if renders_alike and (saved.get("probe_ids") != now["probe_ids"] or saved.get("prompt_ids") != now["prompt_ids"]):
+            differences.append(
+                f"{what} renders as (- then, + now):\n"
+                + _text_diff(saved.get(key) or "", now[key] or "")
+            )
+    if renders_alike and (
+        saved.get("probe_ids") != now["probe_ids"] or saved.get("prompt_ids") != now["prompt_ids"]
+    ):
         differences.append(_ids_difference(saved, now, tokenizer))
-    if not differences:  # same readable parts, other digest: a fingerprint of another version or edited
-        differences.append(f"the fingerprint differs ({saved.get('digest')} then, {now['digest']} now)")
+    if (
+        not differences
+    ):  # same readable parts, other digest: a fingerprint of another version or edited
+        differences.append(
+            f"the fingerprint differs ({saved.get('digest')} then, {now['digest']} now)"
+        )
     return differences
 
 
-def check_template(saved: Mapping[str, Any] | None, tokenizer, *, strict: bool = False, source: str) -> list[str]:
+def check_template(
+    saved: Mapping[str, Any] | None, tokenizer, *, strict: bool = False, source: str
+) -> list[str]:
     """Warn (or with `strict=True` raise ConfigError) when `tokenizer` renders chats unlike `saved`.
 
     `source` names where the fingerprint came from (a folder) in the message. A `saved` of None
@@ -126,9 +147,16 @@ def _special_tokens(tokenizer) -> dict[str, str]:
 
 def _special_ids(tokenizer) -> dict[str, int]:
     """Token string -> id of every special and added control token."""
-    tokens = {str(token): tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
-    tokens.update({added.content: token_id for token_id, added in tokenizer.added_tokens_decoder.items()
-                   if added.special})
+    tokens = {
+        str(token): tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens
+    }
+    tokens.update(
+        {
+            added.content: token_id
+            for token_id, added in tokenizer.added_tokens_decoder.items()
+            if added.special
+        }
+    )
     return dict(sorted(tokens.items()))
 
 
@@ -148,15 +176,26 @@ def _renderings(tokenizer, source: str | None) -> dict[str, Any]:
             continue
         return {
             "generation_prompt": _generation_prompt(history, prompt, question[-1]["content"]),
-            "probe_text": text, "prompt_text": prompt,
-            "probe_ids": _ids(tokenizer, text), "prompt_ids": _ids(tokenizer, prompt),
+            "probe_text": text,
+            "prompt_text": prompt,
+            "probe_ids": _ids(tokenizer, text),
+            "prompt_ids": _ids(tokenizer, prompt),
         }
-    return {"generation_prompt": None, "probe_text": None, "prompt_text": None, "probe_ids": [], "prompt_ids": []}
+    return {
+        "generation_prompt": None,
+        "probe_text": None,
+        "prompt_text": None,
+        "probe_ids": [],
+        "prompt_ids": [],
+    }
 
 
-def _render(tokenizer, source: str, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=source, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+def _render(
+    tokenizer, source: str, messages: list[dict[str, str]], *, add_generation_prompt: bool
+) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=source, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -167,8 +206,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 def _generation_prompt(history: str, prompt: str, question: str) -> str:
     """What add_generation_prompt adds; where it also changes the end of history, all after the question."""
     if prompt.startswith(history):
-        return prompt[len(history):]
-    return prompt[prompt.rfind(question) + len(question):]
+        return prompt[len(history) :]
+    return prompt[prompt.rfind(question) + len(question) :]
 
 
 # -- explaining a difference ---------------------------------------------------------------------
@@ -177,18 +216,24 @@ def _token_differences(saved: Mapping[str, Any], now: dict[str, Any]) -> list[st
     then_roles, now_roles = saved.get("special_tokens", {}), now["special_tokens"]
     for role in sorted(set(then_roles) | set(now_roles)):
         if then_roles.get(role) != now_roles.get(role):
-            lines.append(f"{role}: {then_roles.get(role, '(none)')!r} then, {now_roles.get(role, '(none)')!r} now")
+            lines.append(
+                f"{role}: {then_roles.get(role, '(none)')!r} then, {now_roles.get(role, '(none)')!r} now"
+            )
     then_ids, now_ids = saved.get("special_ids", {}), now["special_ids"]
     for token in sorted(set(then_ids) & set(now_ids)):
         if then_ids[token] != now_ids[token]:
-            lines.append(f"special token {token!r} has id {then_ids[token]} then, {now_ids[token]} now")
+            lines.append(
+                f"special token {token!r} has id {then_ids[token]} then, {now_ids[token]} now"
+            )
     for token in sorted(set(then_ids) ^ set(now_ids)):
         lines.append(f"special token {token!r} " + ("is gone" if token in then_ids else "is new"))
     return lines
 
 
 def _text_diff(then: str, now: str) -> str:
-    lines = difflib.unified_diff(then.splitlines(keepends=True), now.splitlines(keepends=True), lineterm="", n=1)
+    lines = difflib.unified_diff(
+        then.splitlines(keepends=True), now.splitlines(keepends=True), lineterm="", n=1
+    )
     return "\n".join("      " + line.rstrip("\n") for line in list(lines)[2:])
 
 
@@ -196,7 +241,12 @@ def _ids_difference(saved: Mapping[str, Any], now: dict[str, Any], tokenizer) ->
     """Same text, other ids: say where they first differ and what the tokens are now."""
     key = "probe_ids" if saved.get("probe_ids") != now["probe_ids"] else "prompt_ids"
     then_ids, now_ids = list(saved.get(key) or []), now[key]
-    first = next((i for i, (a, b) in enumerate(zip(then_ids, now_ids)) if a != b), min(len(then_ids), len(now_ids)))
-    shown = tokenizer.convert_ids_to_tokens(now_ids[first:first + 4])
-    return (f"the same rendered text becomes other token ids (normalisation or vocabulary), from token {first}: "
-            f"{then_ids[first:first + 4]} then, {now_ids[first:first + 4]} {shown} now")
+    first = next(
+        (i for i, (a, b) in enumerate(zip(then_ids, now_ids)) if a != b),
+        min(len(then_ids), len(now_ids)),
+    )
+    shown = tokenizer.convert_ids_to_tokens(now_ids[first : first + 4])
+    return (
+        f"the same rendered text becomes other token ids (normalisation or vocabulary), from token {first}: "
+        f"{then_ids[first : first + 4]} then, {now_ids[first : first + 4]} {shown} now"
+    )

@@ -48,8 +48,11 @@ class SaveInfo:
     easyllm_version: str = field(default=__version__)
 
     def to_json(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items()
-                if value is not None or key in ("base_model",)}
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if value is not None or key in ("base_model",)
+        }
 
     @classmethod
     def read(cls, folder: str | Path) -> SaveInfo:
@@ -66,8 +69,14 @@ class SaveInfo:
 
 
 def save_model_folder(
-    target: str | Path, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, info: SaveInfo, *,
-    card: str, run_records: Callable[[Path], None] | None = None, rejects: Iterable[Reject] = (),
+    target: str | Path,
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    info: SaveInfo,
+    *,
+    card: str,
+    run_records: Callable[[Path], None] | None = None,
+    rejects: Iterable[Reject] = (),
 ) -> Path:
     """Write the weights that differ from the base, the tokenizer, the card and easyllm.json (last).
 
@@ -105,8 +114,12 @@ def merged_weights(model: PeftModel, load_base: Callable[[], PreTrainedModel]) -
         return load_adapter(base, adapter_dir, trainable=False).merge_and_unload()
 
 
-def save_merged_folder(target: str | Path, merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       extra: Callable[[Path], None] | None = None) -> Path:
+def save_merged_folder(
+    target: str | Path,
+    merged: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
     """A plain transformers folder: merged weights and tokenizer (and what `extra` writes, e.g. parity.json)."""
     target = Path(target)
     with staged_folder(target, prefix=".merging-") as staging:

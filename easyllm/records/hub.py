@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def push_folder_to_hub(folder: Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+def push_folder_to_hub(
+    folder: Path, repo_id: str, *, private: bool = False, token: str | None = None
+) -> str:
     """Upload a saved folder to the Hugging Face Hub; returns the repository URL.
 
     The token is only handed to huggingface_hub, never written or printed.
@@ -14,5 +16,7 @@ def push_folder_to_hub(folder: Path, repo_id: str, *, private: bool = False, tok
 
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload with easyllm")
+    api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message="Upload with easyllm"
+    )
     return str(url)

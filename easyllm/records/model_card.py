@@ -14,12 +14,23 @@ from ..modeling import public_model_name
 DOCS_URL = "https://github.com/easyllm-sdk/easyllm/tree/main/docs"
 
 _SETTINGS_SHOWN = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "packing")
-_TRAINER_SHOWN = ("num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "lr_scheduler_type")
+_TRAINER_SHOWN = (
+    "num_train_epochs",
+    "max_steps",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+)
 
 
-def model_card(info: dict[str, Any], settings: dict[str, Any], metrics: dict[str, Any],
-               repo_id: str | None = None, has_loss_plot: bool = False) -> str:
+def model_card(
+    info: dict[str, Any],
+    settings: dict[str, Any],
+    metrics: dict[str, Any],
+    repo_id: str | None = None,
+    has_loss_plot: bool = False,
+) -> str:
     """Markdown with YAML metadata that the Hugging Face Hub reads (base_model, library_name, tags)."""
     base = public_model_name(info["base_model"]) if info.get("base_model") else None
     meta: dict[str, Any] = {
@@ -34,26 +45,58 @@ def model_card(info: dict[str, Any], settings: dict[str, Any], metrics: dict[str
     name = repo_id or "this model"
     shown = {k: v for k, v in settings.items() if k in _SETTINGS_SHOWN + _TRAINER_SHOWN}
     lines = [
-        "---", yaml.safe_dump(meta, sort_keys=True).strip(), "---", "",
-        f"# {repo_id or 'Fine-tuned model'}", "",
+        "---",
+        yaml.safe_dump(meta, sort_keys=True).strip(),
+        "---",
+        "",
+        f"# {repo_id or 'Fine-tuned model'}",
+        "",
         f"Fine-tuned with [easyllm]({DOCS_URL}) ({info['task']}, {info['method']})"
-        + (f" from `{base}`." if base else "."), "",
-        "## Training settings", "",
-        *[f"- `{key}`: {value}" for key, value in sorted(shown.items())], "",
+        + (f" from `{base}`." if base else "."),
+        "",
+        "## Training settings",
+        "",
+        *[f"- `{key}`: {value}" for key, value in sorted(shown.items())],
+        "",
     ]
     if metrics:
-        lines += ["## Results", "", "| metric | value |", "|---|---|",
-                  *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()], ""]
+        lines += [
+            "## Results",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *[
+                f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                for k, v in metrics.items()
+            ],
+            "",
+        ]
     if has_loss_plot:
         lines += ["![loss curve](loss.png)", ""]
-    lines += ["## Usage", "", "With easyllm:", "", "```python", "from easyllm import ModelRunner",
-              f"runner = ModelRunner.load({repo_id or './this-folder'!r})  # a local folder or a download of {name}",
-              'print(runner.generate("Hello!"))', "```", ""]
+    lines += [
+        "## Usage",
+        "",
+        "With easyllm:",
+        "",
+        "```python",
+        "from easyllm import ModelRunner",
+        f"runner = ModelRunner.load({repo_id or './this-folder'!r})  # a local folder or a download of {name}",
+        'print(runner.generate("Hello!"))',
+        "```",
+        "",
+    ]
     if info.get("adapter") and base:
-        lines += ["With transformers and peft:", "", "```python",
-                  "from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer",
-                  f"model = AutoPeftModelForCausalLM.from_pretrained({repo_id or './this-folder'!r})",
-                  f"tokenizer = AutoTokenizer.from_pretrained({repo_id or './this-folder'!r})", "```", ""]
+        lines += [
+            "With transformers and peft:",
+            "",
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            f"model = AutoPeftModelForCausalLM.from_pretrained({repo_id or './this-folder'!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({repo_id or './this-folder'!r})",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 

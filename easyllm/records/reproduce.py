@@ -37,19 +37,45 @@ if TYPE_CHECKING:
     from ..data.templates import ResolvedTemplate
 
 REPRODUCE_FILE = "reproduce.json"
-PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "tokenizers",
-            "safetensors", "numpy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+)
 REDACTED = "<redacted>"
-_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN", "WANDB_API_KEY")
+_TOKEN_VARIABLES = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACE_HUB_TOKEN",
+    "HF_API_TOKEN",
+    "WANDB_API_KEY",
+)
 _TOKEN_PATTERN = re.compile(r"\b(hf|api_org)_[A-Za-z0-9]{16,}\b")
 _SECRET_OPTION = re.compile(r"^--?[\w-]*(token|key|secret|password)[\w-]*$", re.IGNORECASE)
 
 
 def reproduction_record(
-    *, model_name: str, model_source: str, task: str, settings: TrainSettings, seed: int, data: PreparedData,
-    tokenizer, template: ResolvedTemplate | None = None, manifest: dict[str, Any] | None = None,
-    data_path: str | os.PathLike | None = None, data_options: DataOptions | None = None,
-    training_arguments: TrainingArguments | None = None, trust_remote_code: bool = False,
+    *,
+    model_name: str,
+    model_source: str,
+    task: str,
+    settings: TrainSettings,
+    seed: int,
+    data: PreparedData,
+    tokenizer,
+    template: ResolvedTemplate | None = None,
+    manifest: dict[str, Any] | None = None,
+    data_path: str | os.PathLike | None = None,
+    data_options: DataOptions | None = None,
+    training_arguments: TrainingArguments | None = None,
+    trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> dict[str, Any]:
     """Everything that decides a run, as a JSON-serialisable dict (see `write_reproduction_record`)."""
@@ -62,24 +88,38 @@ def reproduction_record(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": redact_argv(sys.argv),
         "environment": environment(),
-        "model": {"name": model_name, "source": model_source, "revision": revision,
-                  "trust_remote_code": trust_remote_code},
+        "model": {
+            "name": model_name,
+            "source": model_source,
+            "revision": revision,
+            "trust_remote_code": trust_remote_code,
+        },
         "task": task,
         "method": settings.method,
         "seed": seed,
         "settings": json.loads(json.dumps(chosen, default=str)),
-        "training_arguments": training_arguments.to_dict() if training_arguments is not None else None,
+        "training_arguments": training_arguments.to_dict()
+        if training_arguments is not None
+        else None,
         "data": _data_record(data, data_path, data_options, manifest.get("train_fingerprint")),
-        "tokenizer": {"class": type(tokenizer).__name__, "size": len(tokenizer),
-                      "fingerprint": fingerprints.get("tokenizer") or tokenizer_fingerprint(tokenizer)},
-        "template": None if template is None else {
-            "name": template.name, "reason": template.reason, "fingerprint": digest(template.source),
+        "tokenizer": {
+            "class": type(tokenizer).__name__,
+            "size": len(tokenizer),
+            "fingerprint": fingerprints.get("tokenizer") or tokenizer_fingerprint(tokenizer),
+        },
+        "template": None
+        if template is None
+        else {
+            "name": template.name,
+            "reason": template.reason,
+            "fingerprint": digest(template.source),
             "rendering": template_fingerprint(tokenizer),
         },
         "fingerprints": fingerprints or None,  # what train(resume=True) checks
     }
-    record["reproduce"] = rerun_snippet(model_name, task, settings, seed, template_arg, data_path, data_options,
-                                        trust_remote_code)
+    record["reproduce"] = rerun_snippet(
+        model_name, task, settings, seed, template_arg, data_path, data_options, trust_remote_code
+    )
     return record
 
 
@@ -116,16 +156,30 @@ def environment() -> dict[str, Any]:
 
 
 def rerun_snippet(
-    model_name: str, task: str, settings: TrainSettings, seed: int, template: str | None,
-    data_path: str | os.PathLike | None, data_options: DataOptions | None, trust_remote_code: bool = False,
+    model_name: str,
+    task: str,
+    settings: TrainSettings,
+    seed: int,
+    template: str | None,
+    data_path: str | os.PathLike | None,
+    data_options: DataOptions | None,
+    trust_remote_code: bool = False,
 ) -> str:
     """Python that trains this run again (into a new folder under easyllm-runs/)."""
-    runner_args = {"task": task, "method": settings.method, "template": template, "seed": seed,
-                   "trust_remote_code": trust_remote_code or None}
+    runner_args = {
+        "task": task,
+        "method": settings.method,
+        "template": template,
+        "seed": seed,
+        "trust_remote_code": trust_remote_code or None,
+    }
     data_args = _changed(data_options, DataOptions(seed=seed)) if data_options is not None else {}
     defaults = TrainSettings(method=settings.method)
-    train_args = {k: getattr(settings, k) for k in SETTINGS_FIELDS
-                  if k not in ("method", "output_dir") and getattr(settings, k) != getattr(defaults, k)}
+    train_args = {
+        k: getattr(settings, k)
+        for k in SETTINGS_FIELDS
+        if k not in ("method", "output_dir") and getattr(settings, k) != getattr(defaults, k)
+    }
     train_args.update({k: v for k, v in settings.trainer_args.items() if k != "output_dir"})
     data = repr(str(data_path)) if data_path is not None else "rows"
     unknown = "  # + the load_data() options used (not recorded)" if data_options is None else ""
@@ -137,7 +191,9 @@ def rerun_snippet(
         f"runner.train({_call(None, train_args)})",
     ]
     if data_path is None:
-        lines.insert(2, "rows = ...  # the in-memory rows this run was given (data.fingerprints says which)")
+        lines.insert(
+            2, "rows = ...  # the in-memory rows this run was given (data.fingerprints says which)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,8 +222,9 @@ def redact(text: str) -> str:
 
 
 # -- internals -----------------------------------------------------------------------------------
-def _data_record(data: PreparedData, data_path, options: DataOptions | None,
-                 train_fingerprint: str | None = None) -> dict[str, Any]:
+def _data_record(
+    data: PreparedData, data_path, options: DataOptions | None, train_fingerprint: str | None = None
+) -> dict[str, Any]:
     report = data.report
     return {
         "source": str(data_path) if data_path is not None else report.source,
@@ -179,7 +236,9 @@ def _data_record(data: PreparedData, data_path, options: DataOptions | None,
         "options": dataclasses.asdict(options) if options is not None else None,
         "fingerprints": {
             "train": train_fingerprint or dataset_fingerprint(data.train),
-            "validation": dataset_fingerprint(data.validation) if data.validation is not None else None,
+            "validation": dataset_fingerprint(data.validation)
+            if data.validation is not None
+            else None,
         },
     }
 
@@ -192,8 +251,11 @@ def _template_argument(template: ResolvedTemplate | None) -> str | None:
 
 
 def _changed(options: DataOptions, defaults: DataOptions) -> dict[str, Any]:
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if getattr(options, f.name) != getattr(defaults, f.name)}
+    return {
+        f.name: getattr(options, f.name)
+        for f in dataclasses.fields(options)
+        if getattr(options, f.name) != getattr(defaults, f.name)
+    }
 
 
 def _call(first: str | None, keywords: dict[str, Any], *, literal: bool = True) -> str:

@@ -31,57 +31,109 @@ if TYPE_CHECKING:
 def save_info(runner: ModelRunner) -> SaveInfo:
     """What easyllm.json records about `runner` (see SaveInfo)."""
     method = runner.settings.method_entry
-    task_info = runner._model_info() if runner.task.capabilities.model_from_data and runner.model else None
+    task_info = (
+        runner._model_info() if runner.task.capabilities.model_from_data and runner.model else None
+    )
     return SaveInfo(
-        task=runner.task_name, method=runner.settings.method, adapter=has_adapter(runner.model),
+        task=runner.task_name,
+        method=runner.settings.method,
+        adapter=has_adapter(runner.model),
         base_model=None if method.saves_full_weights else portable_model_name(runner.model_name),
-        trust_remote_code=runner.trust_remote_code, max_length=runner.data_options.max_length,
+        trust_remote_code=runner.trust_remote_code,
+        max_length=runner.data_options.max_length,
         task_info=task_info or None,
-        template_fingerprint=template_fingerprint(runner.tokenizer) if runner.template is not None else None,
+        template_fingerprint=template_fingerprint(runner.tokenizer)
+        if runner.template is not None
+        else None,
     )
 
 
 def settings_table(runner: ModelRunner) -> dict[str, Any]:
     """The settings a model card lists: easyllm's and the TrainingArguments the user chose."""
-    settings = {**{k: getattr(runner.settings, k) for k in SETTINGS_FIELDS}, **runner.settings.trainer_args}
+    settings = {
+        **{k: getattr(runner.settings, k) for k in SETTINGS_FIELDS},
+        **runner.settings.trainer_args,
+    }
     settings.pop("output_dir", None)
     return settings
 
 
-def save(runner: ModelRunner, target: Path, *, result: TrainResult | None = None,
-         repo_id: str | None = None) -> Path:
+def save(
+    runner: ModelRunner,
+    target: Path,
+    *,
+    result: TrainResult | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Write `runner`'s model folder; `result`: a finished run's metrics, loss plot and rejected rows."""
     info = save_info(runner)
     shown = result or runner.last_result
-    card = model_card(info.to_json(), settings_table(runner), shown.metrics if shown else {}, repo_id,
-                      has_loss_plot=result is not None)
+    card = model_card(
+        info.to_json(),
+        settings_table(runner),
+        shown.metrics if shown else {},
+        repo_id,
+        has_loss_plot=result is not None,
+    )
     rejects = runner.data.rejects if result is not None and runner.data is not None else ()
     records = (lambda folder: write_run_records(result, folder)) if result is not None else None
-    return save_model_folder(target, runner.model, runner.tokenizer, info, card=card, run_records=records,
-                             rejects=rejects)
+    return save_model_folder(
+        target,
+        runner.model,
+        runner.tokenizer,
+        info,
+        card=card,
+        run_records=records,
+        rejects=rejects,
+    )
 
 
-def record_run(runner: ModelRunner, folder: Path, manifest: dict[str, Any], args: TrainingArguments) -> Path:
+def record_run(
+    runner: ModelRunner, folder: Path, manifest: dict[str, Any], args: TrainingArguments
+) -> Path:
     """reproduce.json, written before training so a run that crashes is recorded too."""
     return write_reproduction_record(
-        folder, model_name=portable_model_name(runner.model_name), model_source=runner._source,
-        task=runner.task_name, settings=runner.settings, seed=runner.seed, data=runner.data,
-        tokenizer=runner.tokenizer, template=runner.template, manifest=manifest, data_path=runner._data_path,
-        data_options=runner.data_options, training_arguments=args, trust_remote_code=runner.trust_remote_code,
+        folder,
+        model_name=portable_model_name(runner.model_name),
+        model_source=runner._source,
+        task=runner.task_name,
+        settings=runner.settings,
+        seed=runner.seed,
+        data=runner.data,
+        tokenizer=runner.tokenizer,
+        template=runner.template,
+        manifest=manifest,
+        data_path=runner._data_path,
+        data_options=runner.data_options,
+        training_arguments=args,
+        trust_remote_code=runner.trust_remote_code,
         revision=cached_revision(runner._source),
     )
 
 
-def load(cls: type[ModelRunner], folder: Path, *, template: str | None, strict: bool) -> ModelRunner:
+def load(
+    cls: type[ModelRunner], folder: Path, *, template: str | None, strict: bool
+) -> ModelRunner:
     """`ModelRunner.load`: the runner that saved `folder`, with its adapter, template and max_length."""
     info = SaveInfo.read(folder)
     runner = cls.__new__(cls)
-    runner._setup(info.base_model if info.base_model is not None else str(folder), task=info.task,
-                  method=info.method, template=template, trust_remote_code=info.trust_remote_code, seed=42,
-                  tokenizer_source=str(folder), max_length=info.max_length)
+    runner._setup(
+        info.base_model if info.base_model is not None else str(folder),
+        task=info.task,
+        method=info.method,
+        template=template,
+        trust_remote_code=info.trust_remote_code,
+        seed=42,
+        tokenizer_source=str(folder),
+        max_length=info.max_length,
+    )
     if runner.template is not None:
-        check_template(info.template_fingerprint, runner.tokenizer, strict=strict, source=str(folder))
-    if runner.model is None and info.task_info is not None:  # built from the data (classify: labels)
+        check_template(
+            info.template_fingerprint, runner.tokenizer, strict=strict, source=str(folder)
+        )
+    if (
+        runner.model is None and info.task_info is not None
+    ):  # built from the data (classify: labels)
         runner.model = runner._load_model(info.task_info)
     if info.adapter:
         runner.model = load_adapter(runner.model, str(folder))
@@ -92,17 +144,27 @@ def load(cls: type[ModelRunner], folder: Path, *, template: str | None, strict: 
 def merge(runner: ModelRunner, target: Path, *, check: bool, prompts: list[str] | None) -> Path:
     """`ModelRunner.merge`: the adapter merged into a fresh full-precision base, parity-checked."""
     if not has_adapter(runner.model):
-        raise UsageError("Nothing to merge: this model has no adapter (train with method='lora' or 'qlora').")
-    loading = ModelLoading(runner._source, runner.settings.method_entry.full_precision(), runner.trust_remote_code)
-    merged = merged_weights(runner.model, lambda: runner.task.load_model(loading, runner._model_info() or {}))
+        raise UsageError(
+            "Nothing to merge: this model has no adapter (train with method='lora' or 'qlora')."
+        )
+    loading = ModelLoading(
+        runner._source, runner.settings.method_entry.full_precision(), runner.trust_remote_code
+    )
+    merged = merged_weights(
+        runner.model, lambda: runner.task.load_model(loading, runner._model_info() or {})
+    )
     parity = None
     if check and runner.task.capabilities.generative and runner.encoder is not None:
-        prompt_ids = [runner.encoder.encode_prompt(as_conversation(p)) for p in prompts] if prompts else None
+        prompt_ids = (
+            [runner.encoder.encode_prompt(as_conversation(p)) for p in prompts] if prompts else None
+        )
         parity = check_merge_parity(runner.model, merged, runner.encoder, runner.data, prompt_ids)
     return save_merged_folder(target, merged, runner.tokenizer, parity.write if parity else None)
 
 
-def push(runner: ModelRunner, repo_id: str, *, private: bool, token: str | None, merge: bool) -> str:
+def push(
+    runner: ModelRunner, repo_id: str, *, private: bool, token: str | None, merge: bool
+) -> str:
     """`ModelRunner.push_to_hub`: what save() writes (or merged weights with the same card), uploaded."""
     with tempfile.TemporaryDirectory() as folder:
         save(runner, Path(folder), repo_id=repo_id)
@@ -110,5 +172,7 @@ def push(runner: ModelRunner, repo_id: str, *, private: bool, token: str | None,
             card = (Path(folder) / CARD_FILE).read_text()
             shutil.rmtree(folder)
             runner.merge(folder)
-            (Path(folder) / CARD_FILE).write_text(card.replace("library_name: peft", "library_name: transformers"))
+            (Path(folder) / CARD_FILE).write_text(
+                card.replace("library_name: peft", "library_name: transformers")
+            )
         return push_folder_to_hub(Path(folder), repo_id, private=private, token=token)

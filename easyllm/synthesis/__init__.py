@@ -55,9 +55,13 @@ class SynthesisSummary:
 
     def __str__(self) -> str:
         answered = self.kept + sum(self.dropped.values())
-        dropped = ", ".join(f"{count} {reason}" for reason, count in Counter(self.dropped).most_common())
-        parts = [f"kept {self.kept} of {answered} answers from {self.teacher}"
-                 + (f" (dropped {dropped}; see {self.rejects})" if dropped else "")]
+        dropped = ", ".join(
+            f"{count} {reason}" for reason, count in Counter(self.dropped).most_common()
+        )
+        parts = [
+            f"kept {self.kept} of {answered} answers from {self.teacher}"
+            + (f" (dropped {dropped}; see {self.rejects})" if dropped else "")
+        ]
         if self.skipped:
             parts.append(f"skipped {self.skipped} inputs answered by an earlier run")
         if self.repeated:
@@ -103,56 +107,110 @@ def synthesize(
     if n < 1:
         raise ConfigError(f"n={n}: ask for at least one answer per input")
     if n > 1 and not any(key in sampling for key in SAMPLING_KEYS):
-        raise ConfigError(f"n={n} answers per input need sampling, or they are all the same: pass "
-                          "e.g. temperature=0.8")
+        raise ConfigError(
+            f"n={n} answers per input need sampling, or they are all the same: pass "
+            "e.g. temperature=0.8"
+        )
     rules = AnswerFilter(min_chars=min_chars, max_chars=max_chars, keep=keep)
     jobs, repeated = make_jobs(read_prompts(inputs, column), system, n)
     source = as_teacher(teacher, batch_size)
     log = AnswerLog(Path(output))
     others = log.teachers - {source.name}
     if others:
-        raise ConfigError(f"{log.output} holds answers from {sorted(others)}, not from {source.name!r}. "
-                          "Write to another output=..., or delete the file to start over.")
+        raise ConfigError(
+            f"{log.output} holds answers from {sorted(others)}, not from {source.name!r}. "
+            "Write to another output=..., or delete the file to start over."
+        )
     rules.remember(log.kept_answers)
     pending = [job for job in jobs if job.key not in log.answered]
-    summary = SynthesisSummary(source.name, str(log.output), str(log.rejects),
-                               skipped=len(jobs) - len(pending), repeated=repeated)
+    summary = SynthesisSummary(
+        source.name,
+        str(log.output),
+        str(log.rejects),
+        skipped=len(jobs) - len(pending),
+        repeated=repeated,
+    )
     try:
-        _ask_all(source, pending, log, rules, summary, system=system, max_new_tokens=max_new_tokens,
-                 progress=progress, sampling=sampling)
+        _ask_all(
+            source,
+            pending,
+            log,
+            rules,
+            summary,
+            system=system,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            sampling=sampling,
+        )
         summary.finished = True
     finally:
         summary.total_kept = len(log.kept_answers)
-        sibling(log.output, ".summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        sibling(log.output, ".summary.json").write_text(
+            json.dumps(asdict(summary), indent=2) + "\n"
+        )
         print(summary)
     return log.output
 
 
-def _ask_all(teacher: Teacher, jobs: list[Job], log: AnswerLog, rules: AnswerFilter,
-             summary: SynthesisSummary, *, system: str | None, max_new_tokens: int, progress: bool,
-             sampling: dict[str, Any]) -> None:
+def _ask_all(
+    teacher: Teacher,
+    jobs: list[Job],
+    log: AnswerLog,
+    rules: AnswerFilter,
+    summary: SynthesisSummary,
+    *,
+    system: str | None,
+    max_new_tokens: int,
+    progress: bool,
+    sampling: dict[str, Any],
+) -> None:
     """Ask the teacher for every job and write each answer, kept or rejected, as it arrives."""
     from tqdm.auto import tqdm
 
-    with log, tqdm(total=len(jobs), desc=f"synthesize ({teacher.name})", unit="answer",
-                   disable=not progress or not jobs) as bar:
-        answers = teacher.answer([job.prompt for job in jobs], system=system,
-                                 max_new_tokens=max_new_tokens, **sampling)
+    with (
+        log,
+        tqdm(
+            total=len(jobs),
+            desc=f"synthesize ({teacher.name})",
+            unit="answer",
+            disable=not progress or not jobs,
+        ) as bar,
+    ):
+        answers = teacher.answer(
+            [job.prompt for job in jobs], system=system, max_new_tokens=max_new_tokens, **sampling
+        )
         for index, reply in answers:
             job = jobs[index]
             reason = rules.reason(job.prompt, reply)
-            log.write(_kept_row(job, reply, system, teacher.name) if reason is None
-                      else _rejected_row(job, reply, system, teacher.name, reason), kept=reason is None)
+            log.write(
+                _kept_row(job, reply, system, teacher.name)
+                if reason is None
+                else _rejected_row(job, reply, system, teacher.name, reason),
+                kept=reason is None,
+            )
             summary.count(reason)
             bar.update(1)
 
 
 def _kept_row(job: Job, reply: Reply, system: str | None, teacher: str) -> dict[str, Any]:
     messages = [{"role": "system", "content": system}] if system is not None else []
-    messages += [{"role": "user", "content": job.prompt}, {"role": "assistant", "content": reply.text}]
+    messages += [
+        {"role": "user", "content": job.prompt},
+        {"role": "assistant", "content": reply.text},
+    ]
     return {"messages": messages, "teacher": teacher, "key": job.key}
 
 
-def _rejected_row(job: Job, reply: Reply, system: str | None, teacher: str, reason: str) -> dict[str, Any]:
-    return {"reason": reason, "prompt": job.prompt, "system": system, "answer": reply.text,
-            "finish_reason": reply.finish_reason, "origin": job.origin, "teacher": teacher, "key": job.key}
+def _rejected_row(
+    job: Job, reply: Reply, system: str | None, teacher: str, reason: str
+) -> dict[str, Any]:
+    return {
+        "reason": reason,
+        "prompt": job.prompt,
+        "system": system,
+        "answer": reply.text,
+        "finish_reason": reply.finish_reason,
+        "origin": job.origin,
+        "teacher": teacher,
+        "key": job.key,
+    }

@@ -31,9 +31,11 @@ class AnswerFilter:
     _seen: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
-        problems = [f"{name}={value} must be a positive number of characters"
-                    for name, value in (("min_chars", self.min_chars), ("max_chars", self.max_chars))
-                    if value is not None and value < 1]
+        problems = [
+            f"{name}={value} must be a positive number of characters"
+            for name, value in (("min_chars", self.min_chars), ("max_chars", self.max_chars))
+            if value is not None and value < 1
+        ]
         if self.min_chars and self.max_chars and self.min_chars > self.max_chars:
             problems.append(f"min_chars={self.min_chars} is more than max_chars={self.max_chars}")
         if problems:
@@ -41,9 +43,22 @@ class AnswerFilter:
         self._rules: list[tuple[str, Callable[[str, Reply], bool]]] = [
             ("truncated", lambda prompt, reply: reply.finish_reason == "length"),
             ("empty", lambda prompt, reply: not reply.text.strip()),
-            ("too_short", lambda prompt, reply: self.min_chars is not None and len(reply.text) < self.min_chars),
-            ("too_long", lambda prompt, reply: self.max_chars is not None and len(reply.text) > self.max_chars),
-            ("rejected_by_keep", lambda prompt, reply: self.keep is not None and not self.keep(prompt, reply.text)),
+            (
+                "too_short",
+                lambda prompt, reply: (
+                    self.min_chars is not None and len(reply.text) < self.min_chars
+                ),
+            ),
+            (
+                "too_long",
+                lambda prompt, reply: (
+                    self.max_chars is not None and len(reply.text) > self.max_chars
+                ),
+            ),
+            (
+                "rejected_by_keep",
+                lambda prompt, reply: self.keep is not None and not self.keep(prompt, reply.text),
+            ),
             ("duplicate", lambda prompt, reply: _fingerprint(reply.text) in self._seen),
         ]
 

@@ -64,8 +64,10 @@ def _prompt(record: Record, column: str | None) -> str:
     elif isinstance(row, Mapping):
         text = _from_row(row, column)
     else:
-        raise ValueError(f"expected a string or a row with a prompt column, got {type(row).__name__}: "
-                         f"{str(row)[:60]}")
+        raise ValueError(
+            f"expected a string or a row with a prompt column, got {type(row).__name__}: "
+            f"{str(row)[:60]}"
+        )
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"the prompt must be non-empty text, got {text!r:.60}")
     return text
@@ -78,8 +80,10 @@ def _from_row(row: Mapping[str, Any], column: str | None) -> Any:
         return row[column]
     found = next((name for name in PROMPT_COLUMNS if row.get(name) is not None), None)
     if found is None:
-        raise ValueError(f"no prompt column in {sorted(row)}: name one of {', '.join(PROMPT_COLUMNS)} "
-                         "or pass column='your_column'")
+        raise ValueError(
+            f"no prompt column in {sorted(row)}: name one of {', '.join(PROMPT_COLUMNS)} "
+            "or pass column='your_column'"
+        )
     if found == "instruction" and isinstance(row.get("input"), str) and row["input"].strip():
         return f"{row['instruction']}\n\n{row['input']}"
     return row[found]

@@ -32,8 +32,10 @@ class AnswerLog:
 
     def __init__(self, output: Path) -> None:
         if output.suffix != ".jsonl":
-            raise ConfigError(f"output={str(output)!r}: the answers are written as JSON lines; "
-                              "name the file *.jsonl")
+            raise ConfigError(
+                f"output={str(output)!r}: the answers are written as JSON lines; "
+                "name the file *.jsonl"
+            )
         self.output = output
         self.rejects = sibling(output, ".rejects.jsonl")
         self.answered: set[str] = set()
@@ -46,8 +48,10 @@ class AnswerLog:
 
     def __enter__(self) -> Self:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._files = {kept: path.open("a", encoding="utf-8")
-                       for kept, path in ((True, self.output), (False, self.rejects))}
+        self._files = {
+            kept: path.open("a", encoding="utf-8")
+            for kept, path in ((True, self.output), (False, self.rejects))
+        }
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,8 +91,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or delete this line, "
-                                "then run again to resume") from None
+                raise DataError(
+                    f"{path}:{number}: not valid JSON ({exc.msg}); fix or delete this line, "
+                    "then run again to resume"
+                ) from None
             if isinstance(row, dict):
                 rows.append(row)
     return rows
@@ -105,8 +111,10 @@ def _repair_torn_end(path: Path) -> None:
     except ValueError:
         with path.open("r+b") as handle:
             handle.truncate(start)
-        print(f"easyllm: removed an incomplete last line from {path} (an earlier run was stopped "
-              "while writing it); that input will be asked again")
+        print(
+            f"easyllm: removed an incomplete last line from {path} (an earlier run was stopped "
+            "while writing it); that input will be asked again"
+        )
         return
     with path.open("ab") as handle:
         handle.write(b"\n")

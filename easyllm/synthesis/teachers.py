@@ -30,8 +30,9 @@ class Teacher(Protocol):
 
     name: str
 
-    def answer(self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int,
-               **sampling: Any) -> Iterator[tuple[int, Reply]]:
+    def answer(
+        self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int, **sampling: Any
+    ) -> Iterator[tuple[int, Reply]]:
         """Yield (index into `prompts`, reply) as each reply is ready."""
         ...
 
@@ -39,7 +40,9 @@ class Teacher(Protocol):
 class LocalTeacher:
     """A ModelRunner (any local model, with or without an adapter), `batch_size` prompts at a time."""
 
-    def __init__(self, runner: ModelRunner, *, name: str | None = None, batch_size: int = 16) -> None:
+    def __init__(
+        self, runner: ModelRunner, *, name: str | None = None, batch_size: int = 16
+    ) -> None:
         from peft import PeftModel
 
         adapter = " + adapter" if isinstance(runner.model, PeftModel) else ""
@@ -47,12 +50,19 @@ class LocalTeacher:
         self.name = name or f"{runner.model_name}{adapter}"
         self.batch_size = batch_size
 
-    def answer(self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int,
-               **sampling: Any) -> Iterator[tuple[int, Reply]]:
+    def answer(
+        self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int, **sampling: Any
+    ) -> Iterator[tuple[int, Reply]]:
         for start in range(0, len(prompts), self.batch_size):
-            batch = list(prompts[start:start + self.batch_size])
-            replies = self.runner.generate(batch, system=system, max_new_tokens=max_new_tokens,
-                                           batch_size=self.batch_size, return_details=True, **sampling)
+            batch = list(prompts[start : start + self.batch_size])
+            replies = self.runner.generate(
+                batch,
+                system=system,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                return_details=True,
+                **sampling,
+            )
             yield from enumerate(replies, start)
 
 
@@ -81,20 +91,27 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_retries < 0:
-            raise ConfigError(f"Endpoint(concurrency={self.concurrency}, max_retries={self.max_retries}): "
-                              "concurrency must be at least 1 and max_retries at least 0")
+            raise ConfigError(
+                f"Endpoint(concurrency={self.concurrency}, max_retries={self.max_retries}): "
+                "concurrency must be at least 1 and max_retries at least 0"
+            )
         self.name = self.name or self.model
 
-    def answer(self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int,
-               **sampling: Any) -> Iterator[tuple[int, Reply]]:
+    def answer(
+        self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int, **sampling: Any
+    ) -> Iterator[tuple[int, Reply]]:
         """Ask for every prompt, `concurrency` at a time; after a failure, stop asking, yield the
         answers still arriving, then raise TeacherError."""
         client = self.client()
         from openai import APIError
 
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="easyllm-teacher")
-        futures = {pool.submit(self._ask, client, _messages(prompt, system), max_new_tokens, sampling): index
-                   for index, prompt in enumerate(prompts)}
+        futures = {
+            pool.submit(
+                self._ask, client, _messages(prompt, system), max_new_tokens, sampling
+            ): index
+            for index, prompt in enumerate(prompts)
+        }
         failure: Exception | None = None
         try:
             for future in as_completed(futures):
@@ -111,9 +128,11 @@ class Endpoint:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         if failure is not None:
-            raise TeacherError(f"The teacher endpoint {self.base_url or 'api.openai.com'} failed: "
-                               f"{_describe(failure)}. The answers received so far are saved; run "
-                               "synthesize() again to resume.") from failure
+            raise TeacherError(
+                f"The teacher endpoint {self.base_url or 'api.openai.com'} failed: "
+                f"{_describe(failure)}. The answers received so far are saved; run "
+                "synthesize() again to resume."
+            ) from failure
 
     def client(self):
         """The openai client, made on first use (the package is an optional dependency)."""
@@ -121,20 +140,29 @@ class Endpoint:
             try:
                 import openai
             except ImportError:
-                raise ImportError('An endpoint teacher needs the openai client: pip install "easyllm-sdk[teacher]"'
-                                  ) from None
+                raise ImportError(
+                    'An endpoint teacher needs the openai client: pip install "easyllm-sdk[teacher]"'
+                ) from None
             # Local servers (vLLM, llama.cpp, Ollama) accept any key; "EMPTY" is their convention.
             self._client = openai.OpenAI(
-                base_url=self.base_url, api_key=self.api_key or os.environ.get(self.api_key_env) or "EMPTY",
-                max_retries=self.max_retries, timeout=self.timeout,
+                base_url=self.base_url,
+                api_key=self.api_key or os.environ.get(self.api_key_env) or "EMPTY",
+                max_retries=self.max_retries,
+                timeout=self.timeout,
             )
         return self._client
 
-    def _ask(self, client, messages: list[Message], max_new_tokens: int, sampling: dict[str, Any]) -> Reply:
+    def _ask(
+        self, client, messages: list[Message], max_new_tokens: int, sampling: dict[str, Any]
+    ) -> Reply:
         known = {k: v for k, v in sampling.items() if k in _API_SAMPLING}
         extra = {k: v for k, v in sampling.items() if k not in _API_SAMPLING}  # e.g. top_k for vLLM
         response = client.chat.completions.create(
-            model=self.model, messages=messages, max_tokens=max_new_tokens, extra_body=extra or None, **known,
+            model=self.model,
+            messages=messages,
+            max_tokens=max_new_tokens,
+            extra_body=extra or None,
+            **known,
         )
         choice = response.choices[0]
         tokens = response.usage.completion_tokens if response.usage else 0
@@ -153,8 +181,10 @@ def as_teacher(teacher: ModelRunner | Teacher, batch_size: int = 16) -> Teacher:
         return LocalTeacher(teacher, batch_size=batch_size)
     if isinstance(teacher, Teacher):
         return teacher
-    raise ConfigError(f"teacher={teacher!r}: pass a ModelRunner, an easyllm.Endpoint(model, base_url=...) "
-                      "or an object with a `name` and an `answer(prompts, ...)` method")
+    raise ConfigError(
+        f"teacher={teacher!r}: pass a ModelRunner, an easyllm.Endpoint(model, base_url=...) "
+        "or an object with a `name` and an `answer(prompts, ...)` method"
+    )
 
 
 def _messages(prompt: str, system: str | None) -> list[Message]:
@@ -165,5 +195,9 @@ def _messages(prompt: str, system: str | None) -> list[Message]:
 def _describe(error: Exception) -> str:
     status = getattr(error, "status_code", None)
     kind = f"HTTP {status}" if status else type(error).__name__
-    hint = " (set the API key's environment variable, or pass api_key_env=...)" if status == 401 else ""
+    hint = (
+        " (set the API key's environment variable, or pass api_key_env=...)"
+        if status == 401
+        else ""
+    )
     return f"{kind}: {error}{hint}"

@@ -7,5 +7,13 @@ from . import pt, rm  # noqa: F401  (register "pt", "rm")
 from ..data.prepared import DataOptions, DataReport, PreparedData
 from .base import TASKS, Capabilities, ModelLoading, Task, register_task
 
-__all__ = ["TASKS", "Capabilities", "DataOptions", "DataReport", "ModelLoading", "PreparedData", "Task",
-           "register_task"]
+__all__ = [
+    "TASKS",
+    "Capabilities",
+    "DataOptions",
+    "DataReport",
+    "ModelLoading",
+    "PreparedData",
+    "Task",
+    "register_task",
+]

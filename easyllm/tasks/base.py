@@ -48,7 +48,9 @@ class Capabilities:
     scores: bool = False
     model_from_data: bool = False
     previews: bool = False
-    truncation: Truncation | None = None  # how examples are fitted into max_length (data/truncation.py)
+    truncation: Truncation | None = (
+        None  # how examples are fitted into max_length (data/truncation.py)
+    )
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,10 @@ class ModelLoading:
 
     def options(self, keep_full_precision: Sequence[str] = ()) -> dict[str, Any]:
         """`from_pretrained` keyword arguments (the method's dtype or 4-bit config, remote code)."""
-        return {**self.method.load_options(keep_full_precision), "trust_remote_code": self.trust_remote_code}
+        return {
+            **self.method.load_options(keep_full_precision),
+            "trust_remote_code": self.trust_remote_code,
+        }
 
 
 class Task(Protocol):
@@ -79,21 +84,32 @@ class Task(Protocol):
         ...
 
     def prepare(
-        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder | None,
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder | None,
         options: DataOptions,
     ) -> PreparedData:
         """Validate and encode rows (cut to options.max_length by data/truncation.py); split off validation."""
         ...
 
     def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings: Any,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data: PreparedData,
+        args: TrainingArguments,
+        settings: Any,
     ) -> Trainer:
         """A transformers (or TRL) Trainer ready to train on `data`."""
         ...
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        batch_size: int,
         max_length: int,
     ) -> dict[str, float]:
         """Held-out metrics on an encoded dataset (`max_length`: what the model was trained at)."""
@@ -115,15 +131,29 @@ class Previews(Protocol):
 class Predicts(Protocol):
     """capabilities.predicts: a label per text (`runner.predict`)."""
 
-    def predict(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Any], *,
-                max_length: int, batch_size: int, return_scores: bool) -> list[Any]: ...
+    def predict(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: Sequence[Any],
+        *,
+        max_length: int,
+        batch_size: int,
+        return_scores: bool,
+    ) -> list[Any]: ...
 
 
 class Scores(Protocol):
     """capabilities.scores: a reward per reply or conversation (`runner.score`)."""
 
-    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
-              items: Sequence[Any], batch_size: int = 8) -> list[float]: ...
+    def score(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder,
+        items: Sequence[Any],
+        batch_size: int = 8,
+    ) -> list[float]: ...
 
 
 class BuildsModelFromData(Protocol):
@@ -153,12 +183,24 @@ def split_rows(rows: list[T], options: DataOptions) -> tuple[list[T], list[T]]:
 
 
 def finish_prepared(
-    train: Dataset, validation: Dataset | None, report: DataReport, options: DataOptions,
-    rejects: list[Reject], *, longest_example: int, nothing_left: str = "No trainable example is left",
+    train: Dataset,
+    validation: Dataset | None,
+    report: DataReport,
+    options: DataOptions,
+    rejects: list[Reject],
+    *,
+    longest_example: int,
+    nothing_left: str = "No trainable example is left",
 ) -> PreparedData:
     """The PreparedData of encoded splits; a DataError (with the report) if nothing is left to train on."""
     if len(train) == 0:
         raise DataError(f"{nothing_left} in {report.source}:\n{report}")
     report.train_examples, report.val_examples = len(train), len(validation or [])
-    return PreparedData(train, validation, report, options.max_length, rejects,
-                        longest_example=min(longest_example, options.max_length))
+    return PreparedData(
+        train,
+        validation,
+        report,
+        options.max_length,
+        rejects,
+        longest_example=min(longest_example, options.max_length),
+    )

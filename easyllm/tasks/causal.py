@@ -38,7 +38,10 @@ def preview_ids(row: Mapping[str, Any]) -> tuple[list[int], list[int]]:
 
 
 def build_trainer(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, args: TrainingArguments,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    args: TrainingArguments,
     settings,
 ) -> TrainedTokenTrainer:
     """The Trainer with the trained-positions-only loss; packed batches unless packing=False."""
@@ -48,19 +51,32 @@ def build_trainer(
     else:
         collator = PaddingCollator(tokenizer.pad_token_id)
     return TrainedTokenTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=collator, processing_class=tokenizer, per_example_attention=per_example,
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=collator,
+        processing_class=tokenizer,
+        per_example_attention=per_example,
     )
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
-             max_length: int) -> dict[str, float]:
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, float]:
     """eval_loss and perplexity on the trained tokens of encoded rows (already cut to max_length)."""
     return evaluate_loss(model, dataset, PaddingCollator(tokenizer.pad_token_id), batch_size)
 
 
 def apply_control_token_policy(
-    conversations: list[Conversation], encoder: ChatEncoder, options: DataOptions, report: DataReport
+    conversations: list[Conversation],
+    encoder: ChatEncoder,
+    options: DataOptions,
+    report: DataReport,
 ) -> ChatEncoder:
     """Count rows whose text holds control-token strings; reject them or let them act, as asked.
 
@@ -68,7 +84,9 @@ def apply_control_token_policy(
     """
     policy = options.on_control_tokens
     if policy not in CONTROL_TOKEN_POLICIES:
-        raise ConfigError(f"on_control_tokens={policy!r}: choose one of {', '.join(CONTROL_TOKEN_POLICIES)}")
+        raise ConfigError(
+            f"on_control_tokens={policy!r}: choose one of {', '.join(CONTROL_TOKEN_POLICIES)}"
+        )
     strings = control_token_strings(encoder.tokenizer)
     for conversation in conversations:
         found = find_control_token(conversation.messages, strings)

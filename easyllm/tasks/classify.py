@@ -58,7 +58,9 @@ Label = str | int
 Text = str | tuple[str, str]  # one text, or a (text, text_pair) pair
 FIELDS = ("text", "text_pair", "label")
 KINDS = {str: "string", int: "integer"}
-LENGTH_COLUMN = "length"  # TrainingArguments.length_column_name: the length-grouped sampler reads it
+LENGTH_COLUMN = (
+    "length"  # TrainingArguments.length_column_name: the length-grouped sampler reads it
+)
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,28 @@ class ClassifyReport(DataReport):
         formats = ", ".join(f"{name} ({count})" for name, count in self.formats.items())
         shown = ", ".join(f"{label} ({count})" for label, count in list(self.labels.items())[:12])
         more = f", ... {len(self.labels) - 12} more" if len(self.labels) > 12 else ""
-        return "\n".join([
-            f"Read {self.rows} rows from {self.source} [{formats}]",
-            *([f"  {self.rejected} (written to rejects.jsonl in the run folder)"] if self.rejected else []),
-            f"  train: {self.train_examples} examples, validation: {self.val_examples}",
-            f"  {len(self.labels)} labels (training examples): {shown}{more}",
-        ])
+        return "\n".join(
+            [
+                f"Read {self.rows} rows from {self.source} [{formats}]",
+                *(
+                    [f"  {self.rejected} (written to rejects.jsonl in the run folder)"]
+                    if self.rejected
+                    else []
+                ),
+                f"  train: {self.train_examples} examples, validation: {self.val_examples}",
+                f"  {len(self.labels)} labels (training examples): {shown}{more}",
+            ]
+        )
 
 
 # -- rows ------------------------------------------------------------------------------------
 def column_names(options: DataOptions) -> dict[str, str]:
     """{task key: the row's column}; `input_key`/`output_key` name the text and label columns."""
-    names = {"text": options.input_key or "text", "text_pair": "text_pair",
-             "label": options.output_key or "label"}
+    names = {
+        "text": options.input_key or "text",
+        "text_pair": "text_pair",
+        "label": options.output_key or "label",
+    }
     unknown = sorted(set(options.columns or {}) - set(FIELDS))
     if unknown:
         raise ConfigError(
@@ -108,12 +119,17 @@ def read_row(record: Record, columns: Mapping[str, str]) -> Row:
         raise RowProblem("unreadable row", record.problem)
     row = record.row
     if not isinstance(row, Mapping):
-        raise RowProblem("not an object", f"expected an object with '{columns['text']}' and "
-                         f"'{columns['label']}', got {type(row).__name__}: {str(row)[:60]}")
+        raise RowProblem(
+            "not an object",
+            f"expected an object with '{columns['text']}' and "
+            f"'{columns['label']}', got {type(row).__name__}: {str(row)[:60]}",
+        )
     pair = row.get(columns["text_pair"])
     return Row(
-        _text(row, columns, "text"), None if pair is None else _text(row, columns, "text_pair"),
-        _label(row, columns["label"]), record.origin,
+        _text(row, columns, "text"),
+        None if pair is None else _text(row, columns, "text_pair"),
+        _label(row, columns["label"]),
+        record.origin,
     )
 
 
@@ -121,8 +137,10 @@ def _text(row: Mapping[str, Any], columns: Mapping[str, str], key: str) -> str:
     column = columns[key]
     value = _present(row, column, key)
     if not isinstance(value, str):
-        raise RowProblem("wrong type", f"'{column}' must be a string, got {type(value).__name__}: "
-                         f"{str(value)[:60]}")
+        raise RowProblem(
+            "wrong type",
+            f"'{column}' must be a string, got {type(value).__name__}: {str(value)[:60]}",
+        )
     if not value.strip():
         raise RowProblem(f"empty {key}", f"'{column}' is empty; fill it in or drop the row")
     return value
@@ -130,8 +148,11 @@ def _text(row: Mapping[str, Any], columns: Mapping[str, str], key: str) -> str:
 
 def _present(row: Mapping[str, Any], column: str, key: str) -> Any:
     if column not in row:
-        raise RowProblem(f"missing {key}", f"no '{column}' column (the row has {sorted(row)}); "
-                         f"name yours with columns={{'{key}': ...}}")
+        raise RowProblem(
+            f"missing {key}",
+            f"no '{column}' column (the row has {sorted(row)}); "
+            f"name yours with columns={{'{key}': ...}}",
+        )
     if row[column] is None:
         raise RowProblem(f"missing {key}", f"'{column}' is null; fill it in or drop the row")
     return row[column]
@@ -142,8 +163,11 @@ def _label(row: Mapping[str, Any], column: str) -> Label:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         whole = isinstance(value, float) and value.is_integer()
         hint = f" (write {value!r} as {int(value)} or '{int(value)}')" if whole else ""
-        raise RowProblem("bad label type", f"label {str(value)[:40]} is a {type(value).__name__}: a label "
-                         f"must be a string or an integer{hint}")
+        raise RowProblem(
+            "bad label type",
+            f"label {str(value)[:40]} is a {type(value).__name__}: a label "
+            f"must be a string or an integer{hint}",
+        )
     if isinstance(value, str) and not value.strip():
         raise RowProblem("empty label", f"'{column}' is empty; give the row its label or drop it")
     return value
@@ -159,17 +183,24 @@ def read_rows(records: list[Record], options: DataOptions) -> ParsedRows[Row]:
     columns = column_names(options)
     parsed = parse_rows(records, lambda record: read_row(record, columns), on_bad_rows="skip")
     rows, rejects = parsed.rows, parsed.rejects
-    paired = "text_pair" in (options.columns or {}) or any(row.text_pair is not None for row in rows)
+    paired = "text_pair" in (options.columns or {}) or any(
+        row.text_pair is not None for row in rows
+    )
     label_type = Counter(type(row.label) for row in rows).most_common(1)[0][0] if rows else str
     kept: list[Row] = []
     raw: dict[str, Any] = {}
     for row in rows:
         if paired and row.text_pair is None:
-            problem = RowProblem("missing text_pair", f"no '{columns['text_pair']}': other rows have one, "
-                                 "and every row needs both texts")
+            problem = RowProblem(
+                "missing text_pair",
+                f"no '{columns['text_pair']}': other rows have one, and every row needs both texts",
+            )
         elif not isinstance(row.label, label_type):
-            problem = RowProblem("mixed label types", f"most labels are {KINDS[label_type]}s but this one is "
-                                 f"{row.label!r}; write every label the same way")
+            problem = RowProblem(
+                "mixed label types",
+                f"most labels are {KINDS[label_type]}s but this one is "
+                f"{row.label!r}; write every label the same way",
+            )
         else:
             kept.append(row)
             continue
@@ -187,8 +218,12 @@ def labels_of(model: PreTrainedModel) -> list[Label]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str] | None,
-             max_length: int) -> dict[str, list[list[int]]]:
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int,
+) -> dict[str, list[list[int]]]:
     """Token ids (and masks) for texts or pairs, cut to `max_length`.
 
     Tokenizers with a separator (BERT family) encode a pair natively ([SEP], token_type_ids);
@@ -200,16 +235,22 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Se
     return dict(tokenizer(list(texts), pairs, truncation=True, max_length=max_length))
 
 
-def encode(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, labels: Sequence[Label],
-           max_length: int) -> Dataset:
+def encode(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, labels: Sequence[Label], max_length: int
+) -> Dataset:
     """Prepared rows as model inputs: token ids, `labels` ids in the model's order, and lengths."""
     ids = {label: i for i, label in enumerate(labels)}
     origins = dataset["origin"]
-    unknown = [f"{origin}: label {label!r} is not one of the model's labels"
-               for label, origin in zip(dataset["label"], origins) if label not in ids]
+    unknown = [
+        f"{origin}: label {label!r} is not one of the model's labels"
+        for label, origin in zip(dataset["label"], origins)
+        if label not in ids
+    ]
     if unknown:
-        raise DataError(summarize_problems(unknown, source_name(origins[0])) + f"\nThe model knows the labels "
-                        f"{list(labels)[:20]}; drop these rows or train a model that has their labels.")
+        raise DataError(
+            summarize_problems(unknown, source_name(origins[0])) + f"\nThe model knows the labels "
+            f"{list(labels)[:20]}; drop these rows or train a model that has their labels."
+        )
     pairs = dataset["text_pair"] if "text_pair" in dataset.column_names else None
     encoded = tokenize(tokenizer, dataset["text"], pairs, max_length)
     encoded["labels"] = [ids[label] for label in dataset["label"]]
@@ -229,8 +270,12 @@ class PaddedBatches:
 
 
 @torch.inference_mode()
-def logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Dataset | list[dict],
-           batch_size: int) -> torch.Tensor:
+def logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset | list[dict],
+    batch_size: int,
+) -> torch.Tensor:
     """Logits for encoded rows, in their order, in eval mode (no dropout)."""
     was_training = model.training
     model.eval()
@@ -247,14 +292,27 @@ def logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Dat
 
 # -- prediction ------------------------------------------------------------------------------
 @overload
-def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Text], *,
-            max_length: int = ..., batch_size: int = ..., return_scores: Literal[False] = ...) -> list[Label]: ...
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[Text],
+    *,
+    max_length: int = ...,
+    batch_size: int = ...,
+    return_scores: Literal[False] = ...,
+) -> list[Label]: ...
 
 
 @overload
-def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[Text], *,
-            max_length: int = ..., batch_size: int = ...,
-            return_scores: Literal[True]) -> list[tuple[Label, dict[Label, float]]]: ...
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[Text],
+    *,
+    max_length: int = ...,
+    batch_size: int = ...,
+    return_scores: Literal[True],
+) -> list[tuple[Label, dict[Label, float]]]: ...
 
 
 def predict(model, tokenizer, texts, *, max_length=1024, batch_size=16, return_scores=False):
@@ -266,20 +324,28 @@ def predict(model, tokenizer, texts, *, max_length=1024, batch_size=16, return_s
     [('track_order', {'greeting': 0.01, 'track_order': 0.97, ...})]
     """
     if isinstance(texts, str):
-        raise UsageError("predict() takes a list of texts: predict([text]) returns a list of one label.")
+        raise UsageError(
+            "predict() takes a list of texts: predict([text]) returns a list of one label."
+        )
     texts = list(texts)
     if not texts:
         return []
     paired = {isinstance(text, (tuple, list)) and len(text) == 2 for text in texts}
     if len(paired) > 1 or (paired == {False} and not all(isinstance(text, str) for text in texts)):
-        raise UsageError("predict() takes a list of strings, or of (text, text_pair) tuples, not a mix.")
+        raise UsageError(
+            "predict() takes a list of strings, or of (text, text_pair) tuples, not a mix."
+        )
     firsts = [text[0] for text in texts] if True in paired else texts
     pairs = [text[1] for text in texts] if True in paired else None
     encoded = tokenize(tokenizer, firsts, pairs, text_limit(tokenizer, max_length, model.config))
     rows = [{key: values[i] for key, values in encoded.items()} for i in range(len(texts))]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding per batch
+    order = sorted(
+        range(len(rows)), key=lambda i: len(rows[i]["input_ids"])
+    )  # less padding per batch
     probabilities = torch.empty(len(rows), model.config.num_labels)
-    probabilities[order] = logits(model, tokenizer, [rows[i] for i in order], batch_size).softmax(-1)
+    probabilities[order] = logits(model, tokenizer, [rows[i] for i in order], batch_size).softmax(
+        -1
+    )
     labels = labels_of(model)
     best = probabilities.argmax(-1).tolist()
     if not return_scores:
@@ -295,7 +361,9 @@ def load_classifier(loading: ModelLoading, labels: Sequence[Label]) -> PreTraine
     """
     with explain_load_errors(loading.source):
         return AutoModelForSequenceClassification.from_pretrained(
-            loading.source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            loading.source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
             **loading.options(keep_full_precision=HEAD_MODULES),
         )
@@ -314,8 +382,14 @@ class ClassifyTask:
     """Texts in, a label per text out: accuracy, macro-F1 and a confusion matrix as metrics."""
 
     name = "classify"
-    capabilities = Capabilities(peft_task_type="SEQ_CLS", chat_template=False, generative=False,
-                                predicts=True, model_from_data=True, truncation=Truncation.TEXT_END)
+    capabilities = Capabilities(
+        peft_task_type="SEQ_CLS",
+        chat_template=False,
+        generative=False,
+        predicts=True,
+        model_from_data=True,
+        truncation=Truncation.TEXT_END,
+    )
 
     def model_info(self, loading: ModelLoading, data: PreparedData | None) -> dict[str, Any] | None:
         """The labels: from the training rows, or from a checkpoint that already is a classifier."""
@@ -324,8 +398,10 @@ class ClassifyTask:
             return None if labels is None else {"labels": labels}
         labels = sorted(set(data.train["label"]))
         if len(labels) < 2:
-            raise DataError(f"Every training row of {data.report.source} has the label {labels[0]!r}: "
-                            "a classifier needs at least two labels.")
+            raise DataError(
+                f"Every training row of {data.report.source} has the label {labels[0]!r}: "
+                "a classifier needs at least two labels."
+            )
         return {"labels": labels}
 
     def saved_info(self, model: PreTrainedModel) -> dict[str, Any]:
@@ -335,8 +411,13 @@ class ClassifyTask:
     def load_model(self, loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
         return load_classifier(loading, info["labels"])
 
-    def prepare(self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: Any,
-                options: DataOptions) -> PreparedData:
+    def prepare(
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: Any,
+        options: DataOptions,
+    ) -> PreparedData:
         """Check every row, split off validation rows; the text stays text until it meets the model's labels."""
         parsed = read_rows(records, options)
         rows = parsed.rows
@@ -347,25 +428,52 @@ class ClassifyTask:
         paired = rows[0].text_pair is not None
         counts = Counter(row.label for row in train_rows)
         report = ClassifyReport.of(
-            parsed, {"text + text_pair + label" if paired else "text + label": len(rows)},
+            parsed,
+            {"text + text_pair + label" if paired else "text + label": len(rows)},
             labels={str(label): counts[label] for label in sorted(counts)},
         )
         validation = _dataset(val_rows, paired) if val_rows else None
-        return finish_prepared(_dataset(train_rows, paired), validation, report, options, parsed.rejects,
-                               longest_example=options.max_length)
-
-    def build_trainer(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                      args: TrainingArguments, settings: Any) -> Trainer:
-        """A plain Trainer: the model's own cross-entropy loss, batches padded per batch and grouped by length."""
-        labels, limit = labels_of(model), text_limit(tokenizer, data.max_length, model.config)
-        validation = encode(data.validation, tokenizer, labels, limit) if data.validation is not None else None
-        return Trainer(
-            model=model, args=args, train_dataset=encode(data.train, tokenizer, labels, limit),
-            eval_dataset=validation, data_collator=PaddedBatches(tokenizer), processing_class=tokenizer,
+        return finish_prepared(
+            _dataset(train_rows, paired),
+            validation,
+            report,
+            options,
+            parsed.rejects,
+            longest_example=options.max_length,
         )
 
-    def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                 batch_size: int, max_length: int) -> dict[str, float]:
+    def build_trainer(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data: PreparedData,
+        args: TrainingArguments,
+        settings: Any,
+    ) -> Trainer:
+        """A plain Trainer: the model's own cross-entropy loss, batches padded per batch and grouped by length."""
+        labels, limit = labels_of(model), text_limit(tokenizer, data.max_length, model.config)
+        validation = (
+            encode(data.validation, tokenizer, labels, limit)
+            if data.validation is not None
+            else None
+        )
+        return Trainer(
+            model=model,
+            args=args,
+            train_dataset=encode(data.train, tokenizer, labels, limit),
+            eval_dataset=validation,
+            data_collator=PaddedBatches(tokenizer),
+            processing_class=tokenizer,
+        )
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        batch_size: int,
+        max_length: int,
+    ) -> dict[str, float]:
         """eval_loss, accuracy, macro_f1, per-class scores and the confusion matrix as flat keys.
 
         `ClassificationReport.from_metrics(metrics)` turns them back into a table or a PNG.
@@ -376,8 +484,9 @@ class ClassifyTask:
         truth = torch.tensor(rows["labels"], dtype=torch.long)
         loss = torch.nn.functional.cross_entropy(scores, truth).item() if len(rows) else 0.0
         predicted = scores.argmax(-1).tolist()
-        report = ClassificationReport(tuple(map(str, labels)),
-                                      confusion_matrix(truth.tolist(), predicted, range(len(labels))))
+        report = ClassificationReport(
+            tuple(map(str, labels)), confusion_matrix(truth.tolist(), predicted, range(len(labels)))
+        )
         return {"eval_loss": loss, **report.as_metrics(), "eval_examples": len(rows)}
 
     predict = staticmethod(predict)
@@ -385,8 +494,11 @@ class ClassifyTask:
 
 def _check_validation_labels(train_rows: list[Row], val_rows: list[Row]) -> None:
     known = {row.label for row in train_rows}
-    only_val = [f"{row.origin}: label {row.label!r} is only in the validation split" for row in val_rows
-                if row.label not in known]
+    only_val = [
+        f"{row.origin}: label {row.label!r} is only in the validation split"
+        for row in val_rows
+        if row.label not in known
+    ]
     if only_val:
         raise DataError(
             summarize_problems(only_val, source_name(val_rows[0].origin))

@@ -26,16 +26,26 @@ def _keep_ids(self, dataset, processing_class, args, dataset_name):
     return dataset  # already `prompt_ids` / `chosen_ids` / `rejected_ids` from our encoder
 
 
-def dpo_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                args: TrainingArguments) -> Trainer:
+def dpo_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    args: TrainingArguments,
+) -> Trainer:
     return preference.reference_trainer(
         preference.pretokenized("trl", "DPOTrainer", "_prepare_dataset", _keep_ids),
-        preference.trl_class("trl", "DPOConfig"), model, tokenizer, data, args, beta=BETA,
+        preference.trl_class("trl", "DPOConfig"),
+        model,
+        tokenizer,
+        data,
+        args,
+        beta=BETA,
     )
 
 
-def dpo_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                batch_size: int) -> dict[str, float]:
+def dpo_metrics(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+) -> dict[str, float]:
     """Implied rewards beta * (log p_policy - log p_reference) of held-out pairs: accuracy and margin."""
     rewards = {}
     for side in preference.SIDES:
@@ -56,4 +66,6 @@ def dpo_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data
     }
 
 
-register_task("dpo", preference.PreferenceTask("dpo", preference.parse_pair, dpo_trainer, dpo_metrics))
+register_task(
+    "dpo", preference.PreferenceTask("dpo", preference.parse_pair, dpo_trainer, dpo_metrics)
+)

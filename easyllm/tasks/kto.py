@@ -38,22 +38,35 @@ def _keep_ids(self, dataset, processing_class, args, dataset_name):
     return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
 
 
-def kto_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                args: TrainingArguments) -> Trainer:
+def kto_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    args: TrainingArguments,
+) -> Trainer:
     return preference.reference_trainer(
         preference.pretokenized("trl", "KTOTrainer", "_prepare_dataset", _keep_ids),
-        preference.trl_class("trl", "KTOConfig"), model, tokenizer, data, args, beta=BETA,
+        preference.trl_class("trl", "KTOConfig"),
+        model,
+        tokenizer,
+        data,
+        args,
+        beta=BETA,
         train_sampling_strategy="sequential",
     )
 
 
-def kto_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                batch_size: int) -> dict[str, float]:
+def kto_metrics(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+) -> dict[str, float]:
     """Implied rewards of held-out replies: how often their sign matches the label, and the gap."""
     pad_id = tokenizer.pad_token_id
-    policy, _ = preference.completion_logps(model, dataset["prompt_ids"], dataset["completion_ids"], pad_id,
-                                            batch_size)
-    reference = preference.reference_logps(model, dataset, "completion", "ref_logps", pad_id, batch_size)
+    policy, _ = preference.completion_logps(
+        model, dataset["prompt_ids"], dataset["completion_ids"], pad_id, batch_size
+    )
+    reference = preference.reference_logps(
+        model, dataset, "completion", "ref_logps", pad_id, batch_size
+    )
     rewards = BETA * (policy - (policy if reference is None else reference))
     label = torch.tensor(dataset["label"], dtype=torch.bool)
     desirable, undesirable = rewards[label], rewards[~label]
@@ -71,5 +84,9 @@ def _mean(values: torch.Tensor) -> float:
 
 
 # The KL term pairs neighbouring rows, so TRL reads them in order: shuffle them once in prepare.
-register_task("kto", preference.PreferenceTask("kto", preference.parse_labelled, kto_trainer, kto_metrics,
-                                               shuffle_train=True))
+register_task(
+    "kto",
+    preference.PreferenceTask(
+        "kto", preference.parse_labelled, kto_trainer, kto_metrics, shuffle_train=True
+    ),
+)

@@ -36,17 +36,27 @@ def _from_ids(self, feature, model=None) -> dict[str, list[int]]:
     return batch
 
 
-def orpo_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                 args: TrainingArguments) -> Trainer:
+def orpo_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    args: TrainingArguments,
+) -> Trainer:
     config_cls = preference.trl_class(TRL_MODULE, "ORPOConfig")
     trainer_cls = preference.pretokenized(TRL_MODULE, "ORPOTrainer", "tokenize_row", _from_ids)
     config = preference.trl_config(config_cls, args, beta=BETA, max_length=data.max_length)
-    return trainer_cls(model=model, args=config, train_dataset=data.train, eval_dataset=data.validation,
-                       processing_class=tokenizer)
+    return trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        processing_class=tokenizer,
+    )
 
 
-def orpo_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                 batch_size: int) -> dict[str, float]:
+def orpo_metrics(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
+) -> dict[str, float]:
     """ORPO's own view of held-out pairs: per-token log-probs, their odds ratio, the chosen NLL."""
     mean_logps = {}
     for side in preference.SIDES:
@@ -72,4 +82,6 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(x.clamp(max=-1e-7)))
 
 
-register_task("orpo", preference.PreferenceTask("orpo", preference.parse_pair, orpo_trainer, orpo_metrics))
+register_task(
+    "orpo", preference.PreferenceTask("orpo", preference.parse_pair, orpo_trainer, orpo_metrics)
+)

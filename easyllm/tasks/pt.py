@@ -64,49 +64,82 @@ class PretrainTask:
         self.cross_document_attention = cross_document_attention
 
     def prepare(
-        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder | None,
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder | None,
         options: DataOptions,
     ) -> PreparedData:
         parsed = read_documents(records, _text_column(options), tokenizer, options)
         documents = parsed.rows
-        report = DataReport.of(parsed, {TEXT: len(documents)}, control_token_policy=options.on_control_tokens)
+        report = DataReport.of(
+            parsed, {TEXT: len(documents)}, control_token_policy=options.on_control_tokens
+        )
         strings = control_token_strings(tokenizer)
         found = ((d.origin, _control_token(d.text, strings)) for d in documents)
-        report.control_token_rows = [f"{origin}: contains {token!r}" for origin, token in found if token]
+        report.control_token_rows = [
+            f"{origin}: contains {token!r}" for origin, token in found if token
+        ]
         train_docs, val_docs = split_rows(documents, options)
         train = self._encode(train_docs, tokenizer, options, report)
         validation = self._encode(val_docs, tokenizer, options, report) if val_docs else None
         longest = max((len(ids) for ids in train["input_ids"]), default=0)
-        return finish_prepared(train, validation, report, options, parsed.rejects, longest_example=longest,
-                               nothing_left="No text to train on")
+        return finish_prepared(
+            train,
+            validation,
+            report,
+            options,
+            parsed.rejects,
+            longest_example=longest,
+            nothing_left="No text to train on",
+        )
 
     def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings: Any,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data: PreparedData,
+        args: TrainingArguments,
+        settings: Any,
     ) -> TrainedTokenTrainer:
         """The trained-positions-only loss on whole blocks (`settings.packing` does not apply: blocks are full)."""
         return TrainedTokenTrainer(
-            model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-            data_collator=BlockCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            data_collator=BlockCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
             per_example_attention=supports_packed_attention(model, data.max_length),  # per document
         )
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        batch_size: int,
         max_length: int,
     ) -> dict[str, float]:
         """eval_loss and perplexity over every predicted token of the held-out blocks."""
         return evaluate_loss(model, dataset, BlockCollator(tokenizer.pad_token_id), batch_size)
 
     def _encode(
-        self, documents: list[Document], tokenizer: PreTrainedTokenizerBase, options: DataOptions,
+        self,
+        documents: list[Document],
+        tokenizer: PreTrainedTokenizerBase,
+        options: DataOptions,
         report: DataReport,
     ) -> Dataset:
-        tokens = tokenize_documents([d.text for d in documents], tokenizer, options.on_control_tokens != "allow")
+        tokens = tokenize_documents(
+            [d.text for d in documents], tokenizer, options.on_control_tokens != "allow"
+        )
         rows = pack_documents(tokens, options.max_length, self.cross_document_attention)
         report.lengths += [len(t) for t in tokens]
         report.total_tokens += sum(len(t) for t in tokens)
-        report.trained_tokens += sum(label != IGNORE_INDEX for row in rows["labels"] for label in row[1:])
+        report.trained_tokens += sum(
+            label != IGNORE_INDEX for row in rows["labels"] for label in row[1:]
+        )
         return Dataset.from_dict(rows)
 
 
@@ -115,12 +148,15 @@ def read_documents(
 ) -> ParsedRows[Document]:
     """The usable texts and the rejected rows; with on_bad_rows="raise", one DataError naming each bad row."""
     if options.on_control_tokens not in CONTROL_TOKEN_POLICIES:
-        raise ConfigError(f"on_control_tokens={options.on_control_tokens!r}: choose one of "
-                          f"{', '.join(CONTROL_TOKEN_POLICIES)}")
+        raise ConfigError(
+            f"on_control_tokens={options.on_control_tokens!r}: choose one of "
+            f"{', '.join(CONTROL_TOKEN_POLICIES)}"
+        )
     strings = control_token_strings(tokenizer) if options.on_control_tokens == "reject" else []
     hint = f"Task 'pt' reads one {column!r} string per row (a .txt file gives one per line)."
-    return parse_rows(records, lambda record: _document(record, column, strings), options.on_bad_rows,
-                      hint=hint)
+    return parse_rows(
+        records, lambda record: _document(record, column, strings), options.on_bad_rows, hint=hint
+    )
 
 
 def tokenize_documents(
@@ -131,8 +167,10 @@ def tokenize_documents(
     `as_text=False` lets special-token strings inside the texts act as special tokens.
     """
     if tokenizer.eos_token_id is None:
-        raise ConfigError("The tokenizer has no EOS token, which task 'pt' puts after every document. "
-                          "Set one: runner.tokenizer.eos_token = '<|endoftext|>' (a token of its vocabulary).")
+        raise ConfigError(
+            "The tokenizer has no EOS token, which task 'pt' puts after every document. "
+            "Set one: runner.tokenizer.eos_token = '<|endoftext|>' (a token of its vocabulary)."
+        )
     if not texts:
         return []
     prefix = leading_special_ids(tokenizer)
@@ -144,7 +182,7 @@ def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special tokens a tokenizer puts before any text (Llama's BOS; none for SmolLM2 or Qwen)."""
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     full = tokenizer("x")["input_ids"]
-    start = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), 0)
+    start = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
     return [t for t in full[:start] if t != tokenizer.eos_token_id]
 
 
@@ -167,7 +205,7 @@ def pack_documents(
     for document in documents:
         start = 0
         while start < len(document):
-            piece = document[start:start + block - len(row["input_ids"])]
+            piece = document[start : start + block - len(row["input_ids"])]
             first_label = IGNORE_INDEX if start == 0 and not cross_document else piece[0]
             row["input_ids"] += piece
             row["labels"] += [first_label, *piece[1:]]
@@ -180,7 +218,9 @@ def pack_documents(
     return rows
 
 
-def _close_row(rows: dict[str, list[list[int]]], row: dict[str, list[int]], cross_document: bool) -> None:
+def _close_row(
+    rows: dict[str, list[list[int]]], row: dict[str, list[int]], cross_document: bool
+) -> None:
     if cross_document:
         row["position_ids"] = list(range(len(row["input_ids"])))
     for key, values in rows.items():
@@ -226,22 +266,33 @@ def _document(record: Record, column: str, control_strings: list[str]) -> Docume
     if record.problem:
         raise RowProblem("unreadable row", record.problem)
     if not isinstance(row, Mapping):
-        raise RowProblem("wrong type", f"a row must be an object with a {column!r} string, got "
-                         f"{type(row).__name__}: {str(row)[:60]}")
+        raise RowProblem(
+            "wrong type",
+            f"a row must be an object with a {column!r} string, got "
+            f"{type(row).__name__}: {str(row)[:60]}",
+        )
     text = row.get(column)
     if text is None:
         chatty = {"messages", "conversations", "prompt"} & set(row)
         chat = " (it looks like chat data: use task='sft')" if chatty else ""
-        raise RowProblem("missing column", f"missing or null {column!r} (the row has {sorted(row)}){chat}")
+        raise RowProblem(
+            "missing column", f"missing or null {column!r} (the row has {sorted(row)}){chat}"
+        )
     if not isinstance(text, str):
-        raise RowProblem("wrong type", f"{column!r} must be a string, got {type(text).__name__}: {str(text)[:60]}")
+        raise RowProblem(
+            "wrong type",
+            f"{column!r} must be a string, got {type(text).__name__}: {str(text)[:60]}",
+        )
     if not text.strip():
         raise RowProblem("empty text", f"{column!r} is empty; write the text or drop the row")
     found = _control_token(text, control_strings)
     if found:
-        raise RowProblem("control token", f"contains the control-token string {found!r} "
-                         "(on_control_tokens='reject'); remove it, or load with on_control_tokens='text' "
-                         "to keep it as plain text")
+        raise RowProblem(
+            "control token",
+            f"contains the control-token string {found!r} "
+            "(on_control_tokens='reject'); remove it, or load with on_control_tokens='text' "
+            "to keep it as plain text",
+        )
     return Document(text, record.origin)
 
 

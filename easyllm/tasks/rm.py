@@ -60,51 +60,92 @@ class RewardModelTask:
     """
 
     name = "rm"
-    capabilities = Capabilities(peft_task_type="SEQ_CLS", generative=False, scores=True,
-                                truncation=Truncation.DROP)
+    capabilities = Capabilities(
+        peft_task_type="SEQ_CLS", generative=False, scores=True, truncation=Truncation.DROP
+    )
 
     def load_model(self, loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedModel:
         return load_reward_model(loading)
 
     def prepare(
-        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder,
         options: DataOptions,
     ) -> PreparedData:
         """Pairs read as DPO reads them (`preference_rows.parse_pair`); each side encoded as one conversation."""
         parsed = read_preference_rows(records, parse_pair, options)
         rows = parsed.rows
         report = DataReport.of(parsed, dict(Counter(row.format for row in rows)))
-        pairs = [Pair(row.prompt + [row.replies["chosen"]], row.prompt + [row.replies["rejected"]],
-                      row.origin, row.tools) for row in rows]
+        pairs = [
+            Pair(
+                row.prompt + [row.replies["chosen"]],
+                row.prompt + [row.replies["rejected"]],
+                row.origin,
+                row.tools,
+            )
+            for row in rows
+        ]
         scanned = [Conversation(p.chosen + p.rejected[-1:], p.origin, "pair") for p in pairs]
         encoder = causal.apply_control_token_policy(scanned, encoder, options, report)
         train_pairs, val_pairs = split_rows(pairs, options)
         train = encode_pairs(train_pairs, encoder, options.max_length, report)
-        validation = encode_pairs(val_pairs, encoder, options.max_length, report) if val_pairs else None
-        longest = max((max(len(c), len(r)) for c, r in zip(train["chosen_ids"], train["rejected_ids"])),
-                      default=0) if len(train) else 0
-        return finish_prepared(train, validation, report, options, parsed.rejects, longest_example=longest,
-                               nothing_left="No preference pair is left to train on")
+        validation = (
+            encode_pairs(val_pairs, encoder, options.max_length, report) if val_pairs else None
+        )
+        longest = (
+            max(
+                (max(len(c), len(r)) for c, r in zip(train["chosen_ids"], train["rejected_ids"])),
+                default=0,
+            )
+            if len(train)
+            else 0
+        )
+        return finish_prepared(
+            train,
+            validation,
+            report,
+            options,
+            parsed.rejects,
+            longest_example=longest,
+            nothing_left="No preference pair is left to train on",
+        )
 
     def build_trainer(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-        args: TrainingArguments, settings: Any,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data: PreparedData,
+        args: TrainingArguments,
+        settings: Any,
     ) -> PairwiseRewardTrainer:
         return PairwiseRewardTrainer(
-            model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-            data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            data_collator=PairCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
         )
 
     def evaluate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        batch_size: int,
         max_length: int,
     ) -> dict[str, float]:
         return evaluate_pairs(model, tokenizer, dataset, batch_size)
 
     @staticmethod
     def score(
-        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
-        texts_or_conversations: Sequence[str | list[Message]], batch_size: int = 8,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder,
+        texts_or_conversations: Sequence[str | list[Message]],
+        batch_size: int = 8,
     ) -> list[float]:
         return score(model, tokenizer, encoder, texts_or_conversations, batch_size)
 
@@ -118,10 +159,13 @@ def load_reward_model(loading: ModelLoading) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return AutoModelForSequenceClassification.from_pretrained(
-            loading.source, num_labels=1, **loading.options(keep_full_precision=HEAD_MODULES))
+            loading.source, num_labels=1, **loading.options(keep_full_precision=HEAD_MODULES)
+        )
 
 
-def encode_pairs(pairs: list[Pair], encoder: ChatEncoder, max_length: int, report: DataReport) -> Dataset:
+def encode_pairs(
+    pairs: list[Pair], encoder: ChatEncoder, max_length: int, report: DataReport
+) -> Dataset:
     """Token ids of both sides; a pair with a side over `max_length` is skipped and reported."""
     rows: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "length": []}
     for pair in pairs:
@@ -129,8 +173,10 @@ def encode_pairs(pairs: list[Pair], encoder: ChatEncoder, max_length: int, repor
         rejected = encoder.encode(pair.rejected, tools=pair.tools).input_ids
         if not fits([len(chosen), len(rejected)], max_length):
             # Cutting would score a reply without its end; the reward is read at the last token.
-            report.dropped.append(f"{pair.origin}: {len(chosen)}/{len(rejected)} tokens (chosen/rejected) exceed "
-                                  f"max_length={max_length}; raise max_length")
+            report.dropped.append(
+                f"{pair.origin}: {len(chosen)}/{len(rejected)} tokens (chosen/rejected) exceed "
+                f"max_length={max_length}; raise max_length"
+            )
             continue
         rows["chosen_ids"].append(chosen)
         rows["rejected_ids"].append(rejected)
@@ -148,7 +194,9 @@ class PairCollator:
     pad_token_id: int
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences = [pair["chosen_ids"] for pair in pairs] + [pair["rejected_ids"] for pair in pairs]
+        sequences = [pair["chosen_ids"] for pair in pairs] + [
+            pair["rejected_ids"] for pair in pairs
+        ]
         batch = pad_sequences(sequences, self.pad_token_id)
         batch["labels"] = torch.tensor([1] * len(pairs) + [0] * len(pairs), dtype=torch.long)
         return batch
@@ -157,18 +205,26 @@ class PairCollator:
 def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     longest = max(len(ids) for ids in sequences)
     return {
-        "input_ids": torch.tensor([list(ids) + [pad_token_id] * (longest - len(ids)) for ids in sequences]),
-        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in sequences]),
+        "input_ids": torch.tensor(
+            [list(ids) + [pad_token_id] * (longest - len(ids)) for ids in sequences]
+        ),
+        "attention_mask": torch.tensor(
+            [[1] * len(ids) + [0] * (longest - len(ids)) for ids in sequences]
+        ),
     }
 
 
 def rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """One reward per row of `batch` (read by the model at each row's last non-padding token)."""
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    output = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    )
     return output.logits.squeeze(-1).float()
 
 
-def pair_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_rewards(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     scores = rewards(model, batch)
     return scores[batch["labels"] == 1], scores[batch["labels"] == 0]
 
@@ -191,7 +247,10 @@ class PairwiseRewardTrainer(Trainer):
 
 @torch.inference_mode()
 def evaluate_pairs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int = 8
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    batch_size: int = 8,
 ) -> dict[str, float]:
     """accuracy: share of pairs scored chosen > rejected; margin: mean r_chosen - r_rejected; eval_loss."""
     _sync_pad_id(model, tokenizer)
@@ -200,7 +259,9 @@ def evaluate_pairs(
     model.eval()
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        chosen, rejected = pair_rewards(model, {key: value.to(device) for key, value in batch.items()})
+        chosen, rejected = pair_rewards(
+            model, {key: value.to(device) for key, value in batch.items()}
+        )
         margins.append(chosen - rejected)
     model.train(was_training)
     margin = torch.cat(margins) if margins else torch.zeros(0)
@@ -214,8 +275,11 @@ def evaluate_pairs(
 
 @torch.inference_mode()
 def score(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
-    texts_or_conversations: Sequence[str | list[Message]], batch_size: int = 8,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: ChatEncoder,
+    texts_or_conversations: Sequence[str | list[Message]],
+    batch_size: int = 8,
 ) -> list[float]:
     """One reward per item, in order: a str is a reply with no prompt, a message list a conversation.
 
@@ -226,26 +290,33 @@ def score(
     [1.83]
     """
     if isinstance(texts_or_conversations, (str, Mapping)):
-        raise UsageError("score() takes a list of texts or conversations: score(['a reply']) or "
-                         "score([[{'role': 'user', ...}, {'role': 'assistant', ...}]]).")
+        raise UsageError(
+            "score() takes a list of texts or conversations: score(['a reply']) or "
+            "score([[{'role': 'user', ...}, {'role': 'assistant', ...}]])."
+        )
     conversations, problems = [], []
     for index, item in enumerate(texts_or_conversations):
         messages = [{"role": "assistant", "content": item}] if isinstance(item, str) else item
         try:
-            conversations.append(convert_record(Record({"messages": messages}, f"texts[{index}]"),
-                                                ROW_FORMATS.get("messages")))
+            conversations.append(
+                convert_record(
+                    Record({"messages": messages}, f"texts[{index}]"), ROW_FORMATS.get("messages")
+                )
+            )
         except RowProblem as exc:
             problems.append(f"texts[{index}]: {exc}")
     if problems:
-        raise DataError(summarize_problems(problems, "score()") + "\nEach item is a reply (str) or a "
-                        "conversation (a list of {role, content} messages) ending with the reply to score.")
+        raise DataError(
+            summarize_problems(problems, "score()") + "\nEach item is a reply (str) or a "
+            "conversation (a list of {role, content} messages) ending with the reply to score."
+        )
     _sync_pad_id(model, tokenizer)
     sequences = [encoder.encode(c.messages, tools=c.tools).input_ids for c in conversations]
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     scores: list[float] = []
     for start in range(0, len(sequences), batch_size):
-        batch = pad_sequences(sequences[start:start + batch_size], tokenizer.pad_token_id)
+        batch = pad_sequences(sequences[start : start + batch_size], tokenizer.pad_token_id)
         scores += rewards(model, {key: value.to(device) for key, value in batch.items()}).tolist()
     model.train(was_training)
     return scores
@@ -254,7 +325,9 @@ def score(
 def _sync_pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """The head finds each row's last token by the pad id, so the model must use the tokenizer's."""
     if tokenizer.pad_token_id is None:
-        raise ConfigError("The tokenizer has no pad token, which batched rewards need; ModelRunner sets one.")
+        raise ConfigError(
+            "The tokenizer has no pad token, which batched rewards need; ModelRunner sets one."
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
 
 

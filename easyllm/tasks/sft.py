@@ -35,7 +35,10 @@ class SFTTask:
     preview_ids = staticmethod(causal.preview_ids)
 
     def prepare(
-        self, records: list[Record], tokenizer: PreTrainedTokenizerBase, encoder: ChatEncoder,
+        self,
+        records: list[Record],
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: ChatEncoder,
         options: DataOptions,
     ) -> PreparedData:
         parsed = convert_rows(records, sft_row_format(options), on_bad_rows=options.on_bad_rows)
@@ -45,11 +48,22 @@ class SFTTask:
         encoder = dataclasses.replace(encoder, train_on=options.train_on)
         train_rows, val_rows = split_rows(conversations, options)
         fingerprint = encoder_fingerprint(encoder)
-        train = self._encode(train_rows, encoder, fingerprint, options.max_length, report, options.keep_references)
-        validation = (self._encode(val_rows, encoder, fingerprint, options.max_length, report, True)
-                      if val_rows else None)
-        return finish_prepared(train, validation, report, options, parsed.rejects,
-                               longest_example=max(report.lengths, default=0))
+        train = self._encode(
+            train_rows, encoder, fingerprint, options.max_length, report, options.keep_references
+        )
+        validation = (
+            self._encode(val_rows, encoder, fingerprint, options.max_length, report, True)
+            if val_rows
+            else None
+        )
+        return finish_prepared(
+            train,
+            validation,
+            report,
+            options,
+            parsed.rejects,
+            longest_example=max(report.lengths, default=0),
+        )
 
     @staticmethod
     def references(dataset: Dataset, limit: int) -> list[Reference]:
@@ -57,21 +71,30 @@ class SFTTask:
         if PROMPT_COLUMN not in dataset.column_names:
             return []
         rows = dataset.select(range(min(limit, len(dataset))))
-        return [Reference(json.loads(prompt), reply)
-                for prompt, reply in zip(rows[PROMPT_COLUMN], rows[REFERENCE_COLUMN], strict=True)]
+        return [
+            Reference(json.loads(prompt), reply)
+            for prompt, reply in zip(rows[PROMPT_COLUMN], rows[REFERENCE_COLUMN], strict=True)
+        ]
 
     @staticmethod
     def _encode(
-        conversations: list[Conversation], encoder: ChatEncoder, fingerprint: str, max_length: int,
-        report: DataReport, keep_references: bool = False,
+        conversations: list[Conversation],
+        encoder: ChatEncoder,
+        fingerprint: str,
+        max_length: int,
+        report: DataReport,
+        keep_references: bool = False,
     ) -> Dataset:
         """Encoded rows (from the on-disk cache when this data was encoded before), counted in `report`.
 
         `fingerprint`: the encoder's `encoder_fingerprint`, computed once for both splits.
         """
-        key = encoding_key(conversations, fingerprint, max_length=max_length, keep_references=keep_references)
+        key = encoding_key(
+            conversations, fingerprint, max_length=max_length, keep_references=keep_references
+        )
         dataset, counts = cached_encoding(
-            key, lambda: encode_conversations(conversations, encoder, max_length, keep_references))
+            key, lambda: encode_conversations(conversations, encoder, max_length, keep_references)
+        )
         for name, value in counts.items():
             setattr(report, name, getattr(report, name) + value)
         return dataset
@@ -84,16 +107,27 @@ def encode_conversations(
     rows: dict[str, list] = {"input_ids": [], "labels": []}
     if keep_references:
         rows |= {PROMPT_COLUMN: [], REFERENCE_COLUMN: []}
-    counts: dict[str, Any] = {"truncated": 0, "truncated_trained_tokens": 0, "dropped": [], "trained_tokens": 0,
-                              "total_tokens": 0, "lengths": [], "unterminated_replies": 0}
+    counts: dict[str, Any] = {
+        "truncated": 0,
+        "truncated_trained_tokens": 0,
+        "dropped": [],
+        "trained_tokens": 0,
+        "total_tokens": 0,
+        "lengths": [],
+        "unterminated_replies": 0,
+    }
     end_of_turn = set(encoder.end_of_turn_ids)
     for conversation in conversations:
         encoded = encoder.encode(conversation.messages, tools=conversation.tools)
         if len(encoded.input_ids) > max_length:
             counts["truncated"] += 1
             full_trained = encoded.trained_tokens
-            encoded = fit_conversation(encoder, conversation.messages, max_length, tools=conversation.tools)
-            counts["truncated_trained_tokens"] += full_trained - (encoded.trained_tokens if encoded else 0)
+            encoded = fit_conversation(
+                encoder, conversation.messages, max_length, tools=conversation.tools
+            )
+            counts["truncated_trained_tokens"] += full_trained - (
+                encoded.trained_tokens if encoded else 0
+            )
         if encoded is None or encoded.trained_tokens == 0:
             counts["dropped"].append(
                 f"{conversation.origin}: no reply token left within max_length={max_length} "
@@ -120,7 +154,9 @@ def split_last_reply(messages: list[Message]) -> Reference:
     >>> split_last_reply([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
     Reference(prompt=[{'role': 'user', 'content': 'Hi'}], reply='Yo')
     """
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    last = max(
+        (i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages)
+    )
     reply = messages[last].get("content") if last < len(messages) else None
     return Reference(list(messages[:last]), reply if isinstance(reply, str) else "")
 

@@ -27,9 +27,13 @@ def run_arguments(settings: TrainSettings, *args: Any, **kwargs: Any) -> Trainin
         defaults["save_strategy"] = "steps"
     if distributed() and not torch.cuda.is_available():
         defaults["use_cpu"] = True
-    arguments = dataclasses.replace(settings, trainer_args={**defaults, **chosen}).training_arguments(*args, **kwargs)
+    arguments = dataclasses.replace(
+        settings, trainer_args={**defaults, **chosen}
+    ).training_arguments(*args, **kwargs)
     if arguments.save_strategy == "steps" and "save_steps" not in chosen:
-        share = 1 / CHECKPOINTS_PER_EPOCH  # below 1, the Trainer reads save_steps as a share of all steps
+        share = (
+            1 / CHECKPOINTS_PER_EPOCH
+        )  # below 1, the Trainer reads save_steps as a share of all steps
         epochs = arguments.num_train_epochs if arguments.max_steps <= 0 else 1
         arguments.save_steps = min(share, share / epochs)
     return arguments

@@ -42,15 +42,28 @@ def example_spans(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return sorted(spans)
 
 
-def _attend(spans: list[tuple[int, int, int]], query: torch.Tensor, key: torch.Tensor,
-            value: torch.Tensor, dropout: float, scaling: float | None) -> torch.Tensor:
+def _attend(
+    spans: list[tuple[int, int, int]],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
+) -> torch.Tensor:
     """Causal attention within each span, through autograd; [batch, heads, tokens, dim]."""
     rows: list[list[torch.Tensor]] = [[] for _ in range(query.shape[0])]
     for row, start, end in spans:
-        rows[row].append(F.scaled_dot_product_attention(
-            query[row:row + 1, :, start:end], key[row:row + 1, :, start:end], value[row:row + 1, :, start:end],
-            dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=key.shape[1] != query.shape[1],
-        ))
+        rows[row].append(
+            F.scaled_dot_product_attention(
+                query[row : row + 1, :, start:end],
+                key[row : row + 1, :, start:end],
+                value[row : row + 1, :, start:end],
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=key.shape[1] != query.shape[1],
+            )
+        )
     return torch.cat([torch.cat(pieces, dim=2) for pieces in rows], dim=0)
 
 
@@ -64,15 +77,22 @@ class _CpuSpanAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, spans, scaling):  # [batch, heads, tokens, dim] -> [batch, tokens, heads, dim]
+    def forward(
+        ctx, query, key, value, spans, scaling
+    ):  # [batch, heads, tokens, dim] -> [batch, tokens, heads, dim]
         groups = query.shape[1] // key.shape[1]
         output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
         logsumexps = []
         for row, start, end in spans:
             piece, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query[row:row + 1, :, start:end], repeat_kv(key[row:row + 1, :, start:end], groups),
-                repeat_kv(value[row:row + 1, :, start:end], groups), 0.0, True, scale=scaling)
-            output[row:row + 1, start:end] = piece.transpose(1, 2)
+                query[row : row + 1, :, start:end],
+                repeat_kv(key[row : row + 1, :, start:end], groups),
+                repeat_kv(value[row : row + 1, :, start:end], groups),
+                0.0,
+                True,
+                scale=scaling,
+            )
+            output[row : row + 1, start:end] = piece.transpose(1, 2)
             logsumexps.append(logsumexp)
         ctx.save_for_backward(query, key, value, output, *logsumexps)
         ctx.spans, ctx.scaling, ctx.groups = spans, scaling, groups
@@ -84,16 +104,29 @@ class _CpuSpanAttention(torch.autograd.Function):
         groups, work = ctx.groups, torch.promote_types(query.dtype, torch.float32)
         grads = [torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)]
         for (row, start, end), logsumexp in zip(ctx.spans, logsumexps):
-            query_span, key_span, value_span = (t[row:row + 1, :, start:end].to(work) for t in (query, key, value))
-            grad_query, grad_key, grad_value = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_output[row:row + 1, start:end].transpose(1, 2).to(work), query_span,
-                repeat_kv(key_span, groups), repeat_kv(value_span, groups),
-                output[row:row + 1, start:end].transpose(1, 2).to(work), logsumexp, 0.0, True, scale=ctx.scaling)
-            if groups > 1:  # each key/value head served `groups` query heads: their gradients add up
+            query_span, key_span, value_span = (
+                t[row : row + 1, :, start:end].to(work) for t in (query, key, value)
+            )
+            grad_query, grad_key, grad_value = (
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    grad_output[row : row + 1, start:end].transpose(1, 2).to(work),
+                    query_span,
+                    repeat_kv(key_span, groups),
+                    repeat_kv(value_span, groups),
+                    output[row : row + 1, start:end].transpose(1, 2).to(work),
+                    logsumexp,
+                    0.0,
+                    True,
+                    scale=ctx.scaling,
+                )
+            )
+            if (
+                groups > 1
+            ):  # each key/value head served `groups` query heads: their gradients add up
                 grad_key = grad_key.unflatten(1, (-1, groups)).sum(2)
                 grad_value = grad_value.unflatten(1, (-1, groups)).sum(2)
             for grad, piece in zip(grads, (grad_query, grad_key, grad_value)):
-                grad[row:row + 1, :, start:end] = piece
+                grad[row : row + 1, :, start:end] = piece
         return *grads, None, None
 
 
@@ -114,8 +147,9 @@ def packed_attention_forward(
     Under autocast, the inputs are rounded to bf16 as autocast's own attention would.
     """
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)  # not a training forward: the usual path
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )  # not a training forward: the usual path
     spans = example_spans(position_ids.expand(query.shape[0], -1))
     if torch.is_autocast_enabled(query.device.type):
         dtype = torch.get_autocast_dtype(query.device.type)
@@ -142,7 +176,9 @@ def supports_packed_attention(model: nn.Module, max_length: int) -> bool:
         return False
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = getattr(text, "sliding_window", None)
-    return not getattr(text, "attn_logit_softcapping", None) and (window is None or window >= max_length)
+    return not getattr(text, "attn_logit_softcapping", None) and (
+        window is None or window >= max_length
+    )
 
 
 @contextlib.contextmanager

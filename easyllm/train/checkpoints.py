@@ -33,7 +33,13 @@ from .manifest import MANIFEST_FILE
 EPOCH_RNG_FILE = "epoch_rng_state_{rank}.pth"
 KEPT_CHECKPOINTS = 2
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-LEFTOVERS = (".partial-checkpoint-", ".deleting-checkpoint-", ".replaced-checkpoint-", ".saving-", ".staging-")
+LEFTOVERS = (
+    ".partial-checkpoint-",
+    ".deleting-checkpoint-",
+    ".replaced-checkpoint-",
+    ".saving-",
+    ".staging-",
+)
 
 
 def _step(path: Path) -> int:
@@ -43,7 +49,9 @@ def _step(path: Path) -> int:
 def checkpoint_dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()), key=_step)
+    return sorted(
+        (p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()), key=_step
+    )
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
@@ -76,7 +84,7 @@ def rotate_checkpoints(folder: Path, limit: int | None, best: str | None = None)
     checkpoints = checkpoint_dirs(folder)
     protected = {checkpoints[-1].name} | ({Path(best).name} if best else set())
     excess = len(checkpoints) - max(limit, len(protected))
-    for old in [c for c in checkpoints if c.name not in protected][:max(excess, 0)]:
+    for old in [c for c in checkpoints if c.name not in protected][: max(excess, 0)]:
         delete(old)
 
 
@@ -131,16 +139,22 @@ class ResumableMixin:
         if writer:
             publish_folder(staging / name, run_dir / name)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+            rotate_checkpoints(
+                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint
+            )
 
     def _finish_checkpoint(self, folder: Path, final: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if self.epoch_rng is not None and self.epoch_rng.saved is not None:
-            torch.save(self.epoch_rng.saved, folder / EPOCH_RNG_FILE.format(rank=self.args.process_index))
+            torch.save(
+                self.epoch_rng.saved, folder / EPOCH_RNG_FILE.format(rank=self.args.process_index)
+            )
         if not self.args.should_save:
             return
         best = self.state.best_model_checkpoint
-        if best and Path(best).parent.name.startswith(".partial-"):  # the Trainer saw the staging path
+        if best and Path(best).parent.name.startswith(
+            ".partial-"
+        ):  # the Trainer saw the staging path
             self.state.best_model_checkpoint = str(final)
             self.state.save_to_json(str(folder / "trainer_state.json"))
         manifest = {**(self.checkpoint_manifest or {}), "step": self.state.global_step}
@@ -149,11 +163,18 @@ class ResumableMixin:
 
 @cache
 def _resumable_class(base: type) -> type:
-    return type(base.__name__, (ResumableMixin, base), {"__module__": base.__module__, "__doc__": base.__doc__})
+    return type(
+        base.__name__,
+        (ResumableMixin, base),
+        {"__module__": base.__module__, "__doc__": base.__doc__},
+    )
 
 
-def make_resumable(trainer: Trainer, manifest: dict[str, Any] | None = None,
-                   resume_from: str | os.PathLike | None = None) -> Trainer:
+def make_resumable(
+    trainer: Trainer,
+    manifest: dict[str, Any] | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> Trainer:
     """Give any Trainer (transformers or TRL) atomic checkpoints, a manifest and an exact data order on resume.
 
     >>> trainer = make_resumable(DPOTrainer(...), manifest)
@@ -162,7 +183,9 @@ def make_resumable(trainer: Trainer, manifest: dict[str, Any] | None = None,
     if not isinstance(trainer, ResumableMixin):
         trainer.__class__ = _resumable_class(type(trainer))
     trainer.checkpoint_manifest = manifest
-    if resume_from is not None and 0 < trainer.args.save_steps < 1:  # the share, as the steps it came to
+    if (
+        resume_from is not None and 0 < trainer.args.save_steps < 1
+    ):  # the share, as the steps it came to
         state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         trainer.args.save_steps = state.get("save_steps") or trainer.args.save_steps
     if trainer.epoch_rng is not None:  # made resumable before: one callback, for this run
@@ -175,8 +198,11 @@ def make_resumable(trainer: Trainer, manifest: dict[str, Any] | None = None,
 # -- the epoch's data order on resume ---------------------------------------------------------
 def _rng_state() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position,
-                                                   has_gauss, gauss], "torch": torch.get_rng_state()}
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:

@@ -26,8 +26,11 @@ from ..methods import without_adapter
 # up-projection, norms) instead of keeping them from the forward; torch's partitioner bans these by
 # default for speed. SmolLM2-135M LoRA, bf16, 2,979 tokens: 1.84 -> 1.28 GiB kept for backward,
 # process peak 3.5 -> 3.0 GiB, step time unchanged within noise.
-_RECOMPUTE_FREELY = ("ban_recompute_materialized_backward", "ban_recompute_used_far_apart",
-                     "ban_recompute_long_fusible_chains")
+_RECOMPUTE_FREELY = (
+    "ban_recompute_materialized_backward",
+    "ban_recompute_used_far_apart",
+    "ban_recompute_long_fusible_chains",
+)
 _PAYS_OFF_SECONDS = 60  # ~15 s of compiling at a ~25% faster step breaks even after about a minute
 _SUSTAINED_FLOPS = {"cpu": 1e11, "cuda": 2e13}  # a modest guess of what training reaches
 
@@ -44,7 +47,9 @@ def compiler_available(device: torch.device) -> bool:
     """Inductor needs a C++ compiler on the CPU and Triton on CUDA."""
     if device.type == "cuda":
         return importlib.util.find_spec("triton") is not None
-    return device.type == "cpu" and any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+    return device.type == "cpu" and any(
+        shutil.which(name) for name in (os.environ.get("CXX", "g++"), "c++", "clang++")
+    )
 
 
 def worth_compiling(parameters: int, training_tokens: int, device: torch.device) -> bool:
@@ -72,7 +77,9 @@ def compiled_layers(model: nn.Module, enabled: bool) -> Iterator[int]:
     """
     layers = decoder_layers(model) if enabled else []
     partitioner = torch._functorch.config
-    recompute = {name: False for name in _RECOMPUTE_FREELY if enabled and hasattr(partitioner, name)}
+    recompute = {
+        name: False for name in _RECOMPUTE_FREELY if enabled and hasattr(partitioner, name)
+    }
     for layer in layers:
         layer.compile(dynamic=True)
     try:

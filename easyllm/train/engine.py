@@ -37,7 +37,9 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items())
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items()
+        )
         return f"TrainResult({shown}; saved in {self.output_dir})"
 
     def _repr_html_(self) -> str:
@@ -46,8 +48,13 @@ class TrainResult:
         return html_table({**self.metrics, "saved in": str(self.output_dir)}, "TrainResult")
 
 
-def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.PathLike | None = None,
-                compile: bool | None = None) -> TrainResult:
+def run_trainer(
+    trainer: Trainer,
+    data: PreparedData,
+    *,
+    resume_from: str | os.PathLike | None = None,
+    compile: bool | None = None,
+) -> TrainResult:
     """Train (from `resume_from`, a checkpoint folder) and collect the training metrics.
 
     Held-out metrics are the task's `evaluate`. Ctrl-C (SIGINT) or SIGTERM stops after the current
@@ -56,18 +63,25 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
     """
     resumed_at = _checkpoint_step(resume_from)  # read now: rotation may delete that checkpoint
     if compile is None:
-        compile = isinstance(trainer, TrainedTokenTrainer) and should_compile(trainer.model, _training_tokens(trainer, data))
+        compile = isinstance(trainer, TrainedTokenTrainer) and should_compile(
+            trainer.model, _training_tokens(trainer, data)
+        )
     if trainer.args.device.type == "cpu":
         release_freed_activations()
     stop = StopOnSignal(announce=trainer.is_world_process_zero())
     trainer.add_callback(stop)
     try:
         per_example = getattr(trainer, "per_example_attention", False)
-        with stop.listening(), packed_attention(trainer.model, per_example), \
-                compiled_layers(trainer.model, compile) as compiled:
+        with (
+            stop.listening(),
+            packed_attention(trainer.model, per_example),
+            compiled_layers(trainer.model, compile) as compiled,
+        ):
             if compiled and trainer.is_world_process_zero():
-                print(f"easyllm: compiling the {compiled} decoder layers and the loss for faster steps "
-                      "(compile=False turns it off)")
+                print(
+                    f"easyllm: compiling the {compiled} decoder layers and the loss for faster steps "
+                    "(compile=False turns it off)"
+                )
             if isinstance(trainer, TrainedTokenTrainer):
                 trainer.compiled = bool(compiled)
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -83,7 +97,9 @@ def run_trainer(trainer: Trainer, data: PreparedData, *, resume_from: str | os.P
             f"needed to continue. Resume with the same data and settings: "
             f"runner.train(output_dir={str(folder)!r}, resume=True, ...)"
         )
-    metrics: dict[str, float] = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
+    metrics: dict[str, float] = {
+        k: v for k, v in output.metrics.items() if isinstance(v, (int, float))
+    }
     metrics["train_loss"] = _whole_run_loss(trainer, output.training_loss, resumed_at)
     metrics["train_examples"] = len(data.train)
     metrics["global_step"] = output.global_step
@@ -113,7 +129,9 @@ def _whole_run_loss(trainer: Trainer, session_loss: float, resumed_at: int) -> f
     if resumed_at == 0:
         return session_loss
     history = trainer.state.log_history
-    logged = sorted((e["step"], e["loss"]) for e in history if "loss" in e and e["step"] <= resumed_at)
+    logged = sorted(
+        (e["step"], e["loss"]) for e in history if "loss" in e and e["step"] <= resumed_at
+    )
     total, last = 0.0, 0
     for step, loss in logged:
         total, last = total + loss * (step - last), step
@@ -143,7 +161,9 @@ class StopOnSignal(TrainerCallback):
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    SAME_PRESS_S = 1.0  # launchers (torchrun) forward the terminal's Ctrl-C: one press may arrive twice
+    SAME_PRESS_S = (
+        1.0  # launchers (torchrun) forward the terminal's Ctrl-C: one press may arrive twice
+    )
 
     def __init__(self, announce: bool = True) -> None:
         self.announce = announce
@@ -173,8 +193,12 @@ class StopOnSignal(TrainerCallback):
             return
         self.signal_name, self._received_at = signal.Signals(number).name, now
         if self.announce:
-            print(f"\neasyllm: {self.signal_name} received: stopping after this step and saving a checkpoint "
-                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            print(
+                f"\neasyllm: {self.signal_name} received: stopping after this step and saving a checkpoint "
+                "(press Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         requested = self.signal_name is not None
@@ -201,25 +225,34 @@ class TrainedTokenTrainer(ResumableMixin, Trainer):
     def __init__(self, *args: Any, per_example_attention: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.per_example_attention = per_example_attention
-        self.compiled = False  # run_trainer sets it while the decoder layers are compiled: the loss is too
+        self.compiled = (
+            False  # run_trainer sets it while the decoder layers are compiled: the loss is too
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         wrapped = model is not self.model  # DDP, DeepSpeed or FSDP around it
         # accelerate applies bf16/fp16 autocast by wrapping model.forward, which this loss bypasses
         # (it calls the decoder and the output layer itself), so it enters autocast here.
         with self.accelerator.autocast():
-            loss_sum, count = (_loss_through_wrapper(model, inputs, self.compiled) if wrapped
-                               else trained_token_loss(model, inputs, compiled=self.compiled))
+            loss_sum, count = (
+                _loss_through_wrapper(model, inputs, self.compiled)
+                if wrapped
+                else trained_token_loss(model, inputs, compiled=self.compiled)
+            )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         if isinstance(denominator, torch.Tensor):
             denominator = denominator.to(loss_sum.device)
         loss = loss_sum / denominator
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # a share of all processes' tokens; DDP averages
+            loss = (
+                loss * self.accelerator.num_processes
+            )  # a share of all processes' tokens; DDP averages
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def _loss_through_wrapper(wrapper, inputs: dict[str, torch.Tensor], compiled: bool) -> tuple[torch.Tensor, int]:
+def _loss_through_wrapper(
+    wrapper, inputs: dict[str, torch.Tensor], compiled: bool
+) -> tuple[torch.Tensor, int]:
     """trained_token_loss, run as the wrapped model's forward so DDP / DeepSpeed / FSDP do their part.
 
     The loss calls the decoder and the output layer itself; called beside the wrapper instead of

@@ -30,14 +30,18 @@ def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) ->
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def _loss_and_logit_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_and_logit_grad(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy in fp32, its gradient w.r.t. the logits in the logits' dtype)."""
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
     log_normalizer = torch.logsumexp(wide, dim=-1, keepdim=True)
     loss = (log_normalizer - wide.gather(1, targets[:, None])).sum()
     probabilities = torch.exp(wide - log_normalizer)
     is_target = torch.arange(wide.shape[1], device=wide.device) == targets[:, None]
-    return loss, torch.where(is_target, probabilities - 1, probabilities).to(logits.dtype)  # softmax - one-hot
+    return loss, torch.where(is_target, probabilities - 1, probabilities).to(
+        logits.dtype
+    )  # softmax - one-hot
 
 
 @functools.cache
@@ -57,13 +61,17 @@ class _OutputLayerLoss(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T`, chunk by chunk, gradients computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, loss_and_grad):  # hidden [tokens, dim], targets [tokens]
+    def forward(
+        ctx, hidden, weight, targets, chunk, loss_and_grad
+    ):  # hidden [tokens, dim], targets [tokens]
         dtype, ctx.weight_dtype = _compute_dtype(weight), weight.dtype
         with torch.autocast(weight.device.type, enabled=False):
             weight_low = weight.to(dtype)
             total = hidden.new_zeros((), dtype=torch.float32)
             grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+            grad_weight = (
+                torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+            )
             for start in range(0, targets.numel(), chunk):
                 piece = slice(start, start + chunk)
                 hidden_low = hidden[piece].to(dtype)
@@ -80,8 +88,13 @@ class _OutputLayerLoss(torch.autograd.Function):
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_total.float()
-        return (None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-                None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype), None, None, None)
+        return (
+            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+        )
 
 
 def _plain_output_layer(head: nn.Module) -> bool:
@@ -90,8 +103,12 @@ def _plain_output_layer(head: nn.Module) -> bool:
 
 
 def trained_token_loss_sum(
-    hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk: int = CHUNK_TOKENS,
-    *, compiled: bool = False,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: nn.Module,
+    chunk: int = CHUNK_TOKENS,
+    *,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """(sum of next-token losses, number of trained tokens) for hidden states [batch, seq, dim]."""
     hidden, targets = hidden[:, :-1], labels[:, 1:]
@@ -102,7 +119,9 @@ def trained_token_loss_sum(
         loss_and_grad = _compiled(_loss_and_logit_grad) if compiled else _loss_and_logit_grad
         return _OutputLayerLoss.apply(hidden, head.weight, targets, chunk, loss_and_grad), count
     chunk_loss = _compiled(_chunk_loss) if compiled else _chunk_loss
-    if torch.is_grad_enabled():  # another output layer: recompute each chunk's logits in the backward
+    if (
+        torch.is_grad_enabled()
+    ):  # another output layer: recompute each chunk's logits in the backward
         chunk_loss = functools.partial(checkpoint, chunk_loss, use_reentrant=False)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, count, chunk):
@@ -111,7 +130,9 @@ def trained_token_loss_sum(
     return total, count
 
 
-def trained_token_loss(model, batch: dict[str, torch.Tensor], *, compiled: bool = False) -> tuple[torch.Tensor, int]:
+def trained_token_loss(
+    model, batch: dict[str, torch.Tensor], *, compiled: bool = False
+) -> tuple[torch.Tensor, int]:
     """(loss sum, trained token count) of a causal LM (with or without peft) on a batch with labels.
 
     `use_cache=False` matters: with a cache, transformers ignores packed position ids and
@@ -120,4 +141,6 @@ def trained_token_loss(model, batch: dict[str, torch.Tensor], *, compiled: bool 
     base = without_adapter(model)
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
-    return trained_token_loss_sum(hidden, batch["labels"], base.get_output_embeddings(), compiled=compiled)
+    return trained_token_loss_sum(
+        hidden, batch["labels"], base.get_output_embeddings(), compiled=compiled
+    )

@@ -20,12 +20,26 @@ from .settings import SETTINGS_FIELDS, TrainSettings
 if TYPE_CHECKING:
     from ..data.prepared import PreparedData
 
-MANIFEST_FILE = "easyllm-checkpoint.json"  # written last: a checkpoint without it is not ours or not complete
+MANIFEST_FILE = (
+    "easyllm-checkpoint.json"  # written last: a checkpoint without it is not ours or not complete
+)
 # Options that change how a run is recorded, not what it learns: a resumed run may change them.
 _BOOKKEEPING = (
-    "output_dir", "logging_", "save_", "eval_", "per_device_eval_batch_size", "disable_tqdm", "report_to",
-    "run_name", "push_to_hub", "hub_", "log_level", "dataloader_num_workers", "dataloader_pin_memory",
-    "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "output_dir",
+    "logging_",
+    "save_",
+    "eval_",
+    "per_device_eval_batch_size",
+    "disable_tqdm",
+    "report_to",
+    "run_name",
+    "push_to_hub",
+    "hub_",
+    "log_level",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
 )
 _CHANGES = {
     "data": "the training data (its encoded examples or max_length)",
@@ -36,13 +50,19 @@ _CHANGES = {
 
 def resumable_settings(settings: TrainSettings, seed: int) -> dict[str, Any]:
     """The settings that decide what a run learns (bookkeeping such as logging or saving left out)."""
-    values = {**{k: getattr(settings, k) for k in SETTINGS_FIELDS}, **settings.trainer_args,
-              "seed": seed, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    values = {
+        **{k: getattr(settings, k) for k in SETTINGS_FIELDS},
+        **settings.trainer_args,
+        "seed": seed,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+    }
     kept = {k: v for k, v in values.items() if not k.startswith(_BOOKKEEPING)}
     return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
-def build_manifest(data: PreparedData, tokenizer, template: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    data: PreparedData, tokenizer, template: str | None, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Fingerprints of everything a resumed run must share with the checkpoint (see `check_resume`)."""
     train = dataset_fingerprint(data.train)  # hashes every encoded row: once per run
     return {
@@ -69,8 +89,10 @@ def check_processes_agree(manifest: dict[str, Any]) -> None:
     seen = gather_object([manifest["fingerprints"]])
     differing = sorted({key for prints in seen for key in prints if prints[key] != seen[0][key]})
     if differing:
-        raise ConfigError(f"The {len(seen)} processes prepared different {', '.join(differing)}. Give every "
-                          "process the same files, options and seed (load_data must be deterministic).")
+        raise ConfigError(
+            f"The {len(seen)} processes prepared different {', '.join(differing)}. Give every "
+            "process the same files, options and seed (load_data must be deterministic)."
+        )
 
 
 def check_resume(checkpoint: Path, manifest: dict[str, Any], *, force: bool = False) -> None:
@@ -83,12 +105,19 @@ def check_resume(checkpoint: Path, manifest: dict[str, Any], *, force: bool = Fa
     lines = [_CHANGES[what] for what in changed if what in _CHANGES]
     if "settings" in changed:
         old, new = saved.get("settings", {}), manifest["settings"]
-        lines += [f"setting {key}: {old.get(key, '(unset)')!r} then, {new.get(key, '(unset)')!r} now"
-                  for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-    message = f"{checkpoint} was written with different {', '.join(changed)}:\n  " + "\n  ".join(lines)
+        lines += [
+            f"setting {key}: {old.get(key, '(unset)')!r} then, {new.get(key, '(unset)')!r} now"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+    message = f"{checkpoint} was written with different {', '.join(changed)}:\n  " + "\n  ".join(
+        lines
+    )
     if force:
         if is_main_process():
             print(f"easyllm: WARNING: resuming anyway (resume='force'). {message}")
         return
-    raise ConfigError(message + "\nResume with the same data and settings, pass resume='force' to continue "
-                      "anyway, or start a new run (another output_dir, or overwrite=True).")
+    raise ConfigError(
+        message + "\nResume with the same data and settings, pass resume='force' to continue "
+        "anyway, or start a new run (another output_dir, or overwrite=True)."
+    )

@@ -17,7 +17,9 @@ import torch
 # handing them back at once cost 60% of the step time). 8 x 512 tokens: 10.4 GB resident.
 # bf16 autocast keeps about half (36-57 bytes saved, compiled or not).
 _ACTIVATION_BYTES_PER_HIDDEN = {False: 160, True: 80}  # by bf16
-_MEMORY_SHARE = 0.5  # checkpoint when activations would need more than this share of available memory
+_MEMORY_SHARE = (
+    0.5  # checkpoint when activations would need more than this share of available memory
+)
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -49,9 +51,13 @@ def activation_bytes(config, tokens_per_step: int, bf16: bool = False) -> int:
     return tokens_per_step * layers * hidden * _ACTIVATION_BYTES_PER_HIDDEN[bf16]
 
 
-def needs_gradient_checkpointing(config, tokens_per_step: int, device: torch.device, bf16: bool = False) -> bool:
+def needs_gradient_checkpointing(
+    config, tokens_per_step: int, device: torch.device, bf16: bool = False
+) -> bool:
     """Recompute activations only when keeping them would crowd memory; it costs 30-100% of a step."""
-    return activation_bytes(config, tokens_per_step, bf16) > _MEMORY_SHARE * free_memory_bytes(device)
+    return activation_bytes(config, tokens_per_step, bf16) > _MEMORY_SHARE * free_memory_bytes(
+        device
+    )
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h

@@ -48,8 +48,12 @@ class RunFolder:
 
 
 def prepare_run_folder(
-    output_dir: str | os.PathLike | None, model_name: str, runs_dir: str | os.PathLike, *,
-    resume: Resume = False, overwrite: bool = False,
+    output_dir: str | os.PathLike | None,
+    model_name: str,
+    runs_dir: str | os.PathLike,
+    *,
+    resume: Resume = False,
+    overwrite: bool = False,
 ) -> RunFolder:
     """Pick and check the run folder: a new one, a resumed one, or `output_dir` if it holds no run.
 
@@ -58,17 +62,30 @@ def prepare_run_folder(
     if resume not in (False, True, "force"):
         raise ConfigError(f"resume={resume!r}: choose False, True or 'force'")
     if resume and overwrite:
-        raise ConfigError("resume and overwrite=True contradict each other: resume continues the run in the "
-                          "folder, overwrite starts it again. Pass one of them.")
-    return on_main_process(_prepare_run_folder, output_dir, model_name, Path(runs_dir), bool(resume), overwrite)
+        raise ConfigError(
+            "resume and overwrite=True contradict each other: resume continues the run in the "
+            "folder, overwrite starts it again. Pass one of them."
+        )
+    return on_main_process(
+        _prepare_run_folder, output_dir, model_name, Path(runs_dir), bool(resume), overwrite
+    )
 
 
 def start_run(
-    settings: TrainSettings, model_name: str, runs_dir: str | os.PathLike, data: PreparedData, tokenizer,
-    template: str | None, seed: int, resume: Resume = False, overwrite: bool = False,
+    settings: TrainSettings,
+    model_name: str,
+    runs_dir: str | os.PathLike,
+    data: PreparedData,
+    tokenizer,
+    template: str | None,
+    seed: int,
+    resume: Resume = False,
+    overwrite: bool = False,
 ) -> tuple[RunFolder, dict[str, Any]]:
     """The run folder and the manifest of what it trains on; refuses, before any work, what cannot work."""
-    run = prepare_run_folder(settings.output_dir, model_name, runs_dir, resume=resume, overwrite=overwrite)
+    run = prepare_run_folder(
+        settings.output_dir, model_name, runs_dir, resume=resume, overwrite=overwrite
+    )
     manifest = build_manifest(data, tokenizer, template, resumable_settings(settings, seed))
     check_processes_agree(manifest)
     if run.resume_from is not None:
@@ -86,21 +103,36 @@ def save_run(save: Callable[[], Any], folder: Path) -> None:
         last = latest_checkpoint(folder)
         raise SaveError(
             f"Could not write the trained model to {folder}: {error.strerror or error}. Nothing half-written was "
-            "left" + (f"; {last.name} holds the trained weights: free space and run "
-                      f"train(output_dir={str(folder)!r}, resume=True) to write the model." if last else ".")
+            "left"
+            + (
+                f"; {last.name} holds the trained weights: free space and run "
+                f"train(output_dir={str(folder)!r}, resume=True) to write the model."
+                if last
+                else "."
+            )
         ) from error
 
 
-def _prepare_run_folder(output_dir, model_name: str, runs_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
+def _prepare_run_folder(
+    output_dir, model_name: str, runs_dir: Path, resume: bool, overwrite: bool
+) -> RunFolder:
     if resume:
-        folder = Path(output_dir) if output_dir is not None else _newest_unfinished_run(runs_dir, model_name)
+        folder = (
+            Path(output_dir)
+            if output_dir is not None
+            else _newest_unfinished_run(runs_dir, model_name)
+        )
         if (folder / SAVE_INFO_FILE).is_file():
-            raise UsageError(f"{folder} holds a finished run ({SAVE_INFO_FILE} is there): nothing to resume. "
-                             f"Load it with ModelRunner.load('{folder}'), or train it again with overwrite=True.")
+            raise UsageError(
+                f"{folder} holds a finished run ({SAVE_INFO_FILE} is there): nothing to resume. "
+                f"Load it with ModelRunner.load('{folder}'), or train it again with overwrite=True."
+            )
         checkpoint = latest_checkpoint(folder)
         if checkpoint is None:
-            raise UsageError(f"Nothing to resume in {folder}: it holds no complete checkpoint. "
-                             "Call train() without resume= to start a run.")
+            raise UsageError(
+                f"Nothing to resume in {folder}: it holds no complete checkpoint. "
+                "Call train() without resume= to start a run."
+            )
         remove_leftovers(folder)
         check_writable(folder)
         return RunFolder(folder, checkpoint)
@@ -110,8 +142,10 @@ def _prepare_run_folder(output_dir, model_name: str, runs_dir: Path, resume: boo
     if holds_run(folder):
         if not overwrite:
             what = "a finished run" if (folder / SAVE_INFO_FILE).is_file() else "an unfinished run"
-            raise UsageError(f"{folder} already holds {what}. Continue it with train(resume=True, output_dir=...), "
-                             "replace it with overwrite=True, or pick another output_dir.")
+            raise UsageError(
+                f"{folder} already holds {what}. Continue it with train(resume=True, output_dir=...), "
+                "replace it with overwrite=True, or pick another output_dir."
+            )
         _clear_run(folder)
     remove_leftovers(folder)  # hidden remains of a run killed before its first checkpoint
     check_writable(folder)
@@ -138,10 +172,14 @@ def _new_run_dir(runs_dir: Path, model_name: str) -> Path:
 def _newest_unfinished_run(runs_dir: Path, model_name: str) -> Path:
     pattern = re.compile(re.escape(run_slug(model_name)) + r"-\d{8}-\d{6}(-\d+)?$")
     runs = [p for p in runs_dir.iterdir() if pattern.match(p.name)] if runs_dir.is_dir() else []
-    unfinished = [p for p in runs if not (p / SAVE_INFO_FILE).exists() and latest_checkpoint(p) is not None]
+    unfinished = [
+        p for p in runs if not (p / SAVE_INFO_FILE).exists() and latest_checkpoint(p) is not None
+    ]
     if not unfinished:
-        raise UsageError(f"No unfinished run of {model_name} under {runs_dir}/ to resume. "
-                         "Pass output_dir= the run folder to resume, or call train() without resume=.")
+        raise UsageError(
+            f"No unfinished run of {model_name} under {runs_dir}/ to resume. "
+            "Pass output_dir= the run folder to resume, or call train() without resume=."
+        )
     return max(unfinished, key=lambda p: latest_checkpoint(p).stat().st_mtime)
 
 
@@ -151,7 +189,9 @@ def holds_run(folder: Path) -> bool:
 
 def _clear_run(folder: Path) -> None:
     """Remove what a run wrote there (model-card files are replaced by the next save); nothing else."""
-    (folder / SAVE_INFO_FILE).unlink(missing_ok=True)  # first: the folder stops claiming a finished model
+    (folder / SAVE_INFO_FILE).unlink(
+        missing_ok=True
+    )  # first: the folder stops claiming a finished model
     for checkpoint in checkpoint_dirs(folder):
         delete(checkpoint)
     remove_leftovers(folder)
@@ -166,8 +206,10 @@ def check_writable(folder: Path) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as error:
-        raise ConfigError(f"Cannot write to {folder}: {error.strerror or error}. "
-                          "Pass output_dir= a folder you can write to.") from error
+        raise ConfigError(
+            f"Cannot write to {folder}: {error.strerror or error}. "
+            "Pass output_dir= a folder you can write to."
+        ) from error
 
 
 def check_free_space(folder: Path, model: torch.nn.Module, args: TrainingArguments) -> None:
@@ -188,9 +230,13 @@ def _size(count: int) -> str:
 def estimate_run_bytes(model: torch.nn.Module, args: TrainingArguments) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     adapter = hasattr(model, "peft_config")
-    weights = sum(p.numel() * p.element_size() for p in (trainable if adapter else model.parameters()))
+    weights = sum(
+        p.numel() * p.element_size() for p in (trainable if adapter else model.parameters())
+    )
     if args.save_strategy == "no":
         return weights + _SLACK_BYTES
     optimizer = 8 * sum(p.numel() for p in trainable)  # Adam: two fp32 moments per trained value
-    kept = (args.save_total_limit or KEPT_CHECKPOINTS) + 1  # the new one is written before the oldest goes
+    kept = (
+        args.save_total_limit or KEPT_CHECKPOINTS
+    ) + 1  # the new one is written before the oldest goes
     return kept * (weights + optimizer) + weights + _SLACK_BYTES

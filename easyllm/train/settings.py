@@ -14,7 +14,9 @@ from ..errors import ConfigError
 from ..methods import METHODS, Method, get_method
 from .resources import needs_gradient_checkpointing, prefers_bf16
 
-TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir")
+TRAINER_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"
+)
 # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names warn):
 # the name easyllm sets first, then the other name a user may pass.
 _RENAMED = "activation_checkpointing" in TRAINER_FIELDS
@@ -37,8 +39,12 @@ class TrainSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout costs a quarter of a CPU step and small runs rarely need it
     target_modules: str | list[str] = "all-linear"
-    packing: bool = True  # several examples per row, attention kept inside each (see data/packing.py)
-    compile: bool | None = None  # compile the decoder layers; None: when the run is long enough (compilation.py)
+    packing: bool = (
+        True  # several examples per row, attention kept inside each (see data/packing.py)
+    )
+    compile: bool | None = (
+        None  # compile the decoder layers; None: when the run is long enough (compilation.py)
+    )
     output_dir: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
 
@@ -59,7 +65,13 @@ class TrainSettings:
         return get_method(self.method)
 
     def training_arguments(
-        self, output_dir: str, seed: int, has_eval: bool, *, model_config=None, longest_example: int = 1024
+        self,
+        output_dir: str,
+        seed: int,
+        has_eval: bool,
+        *,
+        model_config=None,
+        longest_example: int = 1024,
     ) -> TrainingArguments:
         """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here.
 
@@ -93,17 +105,27 @@ class TrainSettings:
             "bf16": bf16,
         }
         checkpointing = model_config is not None and needs_gradient_checkpointing(
-            model_config, batch * longest_example, device, bf16)
-        for names, value in ((CHECKPOINTING, checkpointing), (CHECKPOINTING_KWARGS, {"use_reentrant": False})):
-            if not set(names) & set(self.trainer_args):  # either name, old or new, is the user's choice
+            model_config, batch * longest_example, device, bf16
+        )
+        for names, value in (
+            (CHECKPOINTING, checkpointing),
+            (CHECKPOINTING_KWARGS, {"use_reentrant": False}),
+        ):
+            if not set(names) & set(
+                self.trainer_args
+            ):  # either name, old or new, is the user's choice
                 defaults[names[0]] = value
         args = {**defaults, **self.trainer_args}
         if args["bf16"] and device.type == "cpu" and "use_cpu" not in args:
-            args["use_cpu"] = True  # TrainingArguments allows bf16 without a GPU only when told it is on the CPU
+            args["use_cpu"] = (
+                True  # TrainingArguments allows bf16 without a GPU only when told it is on the CPU
+            )
         return TrainingArguments(output_dir=output_dir, **args)
 
 
-SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "trainer_args")
+SETTINGS_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainSettings) if f.name != "trainer_args"
+)
 
 
 def build_settings(base: TrainSettings, overrides: dict[str, Any]) -> TrainSettings:

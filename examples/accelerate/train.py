@@ -23,5 +23,7 @@ runner.load_data(data)
 unfinished = latest_checkpoint(run) is not None and not (run / "easyllm.json").exists()
 result = runner.train(output_dir=str(run), resume=unfinished, overwrite=not unfinished)
 print(f"Eval loss {result.metrics['eval_loss']:.3f}; run saved in {result.output_dir}")
-if torch.distributed.is_initialized():  # leave together: a process group torn down at exit may abort
+if (
+    torch.distributed.is_initialized()
+):  # leave together: a process group torn down at exit may abort
     torch.distributed.destroy_process_group()

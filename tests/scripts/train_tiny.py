@@ -17,19 +17,35 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-torch.set_num_threads(1)  # one thread is 50x faster than two on a busy 2-core machine, and deterministic
+torch.set_num_threads(
+    1
+)  # one thread is 50x faster than two on a busy 2-core machine, and deterministic
 
 GLOBAL_BATCH = 4
 # bf16=False: tests compare these runs with in-process ones, which train in fp32 on every CPU (conftest.py)
-TRAIN_ARGS = {"num_train_epochs": 3, "learning_rate": 1e-2, "disable_tqdm": True, "logging_steps": 1, "bf16": False}
+TRAIN_ARGS = {
+    "num_train_epochs": 3,
+    "learning_rate": 1e-2,
+    "disable_tqdm": True,
+    "logging_steps": 1,
+    "bf16": False,
+}
 
 
 def rows(count: int = 24) -> list[dict]:
     """Conversations of different lengths, so group_by_length and packing have something to do."""
-    return [{"messages": [
-        {"role": "user", "content": f"Who are you? ({index}) " + "Name? " * (index % 7)},
-        {"role": "assistant", "content": "I am Lumen, an AI assistant." + " Answer briefly." * (index % 5)},
-    ]} for index in range(count)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Who are you? ({index}) " + "Name? " * (index % 7)},
+                {
+                    "role": "assistant",
+                    "content": "I am Lumen, an AI assistant." + " Answer briefly." * (index % 5),
+                },
+            ]
+        }
+        for index in range(count)
+    ]
 
 
 def train_args(processes: int = 1) -> dict:
@@ -83,9 +99,16 @@ def main() -> None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     runner = ModelRunner(options.model_dir)
     runner.load_data(rows(), val_size=0)
-    result = runner.train(output_dir=options.output_dir, resume=options.resume, **train_args(processes))
-    print(f"done rank={os.environ.get('RANK', '0')} train_loss={result.metrics['train_loss']:.6f}", flush=True)
-    if torch.distributed.is_initialized():  # gloo may abort at exit if one process leaves while another closes
+    result = runner.train(
+        output_dir=options.output_dir, resume=options.resume, **train_args(processes)
+    )
+    print(
+        f"done rank={os.environ.get('RANK', '0')} train_loss={result.metrics['train_loss']:.6f}",
+        flush=True,
+    )
+    if (
+        torch.distributed.is_initialized()
+    ):  # gloo may abort at exit if one process leaves while another closes
         torch.distributed.destroy_process_group()
 
 
