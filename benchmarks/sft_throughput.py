@@ -60,7 +60,7 @@ BATCH_SIZE = 8
 LEARNING_RATE = 5e-4  # easyllm's LoRA default, given to every configuration
 SEED = 42
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
-# SFTConfig fields whose defaults matter here, recorded from the installed TRL by the trl-default run.
+# SFTConfig fields whose defaults matter here, recorded from the installed TRL by trl-default.
 TRL_FIELDS = (
     "gradient_checkpointing",
     "bf16",
@@ -83,42 +83,45 @@ TRL_FIELDS = (
 SETTINGS = {
     "easyllm": (
         "ModelRunner(MODEL_DIR); load_data(rows, val_size=0, max_length=512); train(max_steps, "
-        "per_device_train_batch_size=8, lora_r=16, lora_alpha=32, logging_steps=1). easyllm defaults: "
-        "bf16 autocast where this CPU's bf16 matmuls measure at least 1.5x fp32's (else fp32), gradient "
-        "checkpointing decided from the activation estimate and available memory, decoder layers and the "
-        "loss compiled (torch.compile) when the run is long enough to pay for it (estimated from 6·N·D; "
-        "compiling happens in the warm-up step), each batch's 8 examples in one padding-free row with "
-        "causal attention run per example (no mask), group_by_length sampling, cosine schedule with 5% "
-        "warm-up, loss on the assistant replies only, output layer run on trained positions only"
+        "per_device_train_batch_size=8, lora_r=16, lora_alpha=32, logging_steps=1). easyllm "
+        "defaults: bf16 autocast where this CPU's bf16 matmuls measure at least 1.5x fp32's (else "
+        "fp32), gradient checkpointing decided from the activation estimate and available memory, "
+        "decoder layers and the loss compiled (torch.compile) when the run is long enough to pay "
+        "for it (estimated from 6·N·D; compiling happens in the warm-up step), each batch's 8 "
+        "examples in one padding-free row with causal attention run per example (no mask), "
+        "group_by_length sampling, cosine schedule with 5% warm-up, loss on the assistant replies "
+        "only, output layer run on trained positions only"
     ),
     "easyllm-fp32": "as easyllm, with bf16=False forced (fp32)",
     "easyllm-eager": "as easyllm, with compile=False forced (no torch.compile)",
     "easyllm-no-ckpt": "as easyllm, with gradient_checkpointing=False forced",
     "easyllm-ckpt": "as easyllm, with gradient_checkpointing=True forced",
     "trl-default": (
-        "SFTTrainer(MODEL_DIR, args=SFTConfig(max_length=512, per_device_train_batch_size=8, max_steps, "
-        "seed=42, learning_rate=5e-4, report_to='none', logging_steps=1), train_dataset=<messages>, "
-        "peft_config=LoraConfig(...)); everything else TRL's default (recorded below). On CPU also "
-        "use_cpu=True: TrainingArguments refuses TRL's default bf16=True without a GPU otherwise"
+        "SFTTrainer(MODEL_DIR, args=SFTConfig(max_length=512, per_device_train_batch_size=8, "
+        "max_steps, seed=42, learning_rate=5e-4, report_to='none', logging_steps=1), "
+        "train_dataset=<messages>, peft_config=LoraConfig(...)); everything else TRL's default "
+        "(recorded below). On CPU also use_cpu=True: TrainingArguments refuses TRL's default "
+        "bf16=True without a GPU otherwise"
     ),
     "trl-tuned": (
-        "trl-default plus packing=True, packing_strategy='bfd' (which turns padding_free on): each of "
-        "the 8 batch rows is a 512-token bin of whole examples, and the batch is flattened into one row "
-        "of up to 4,096 tokens; gradient_checkpointing=False; the precision easyllm chooses on this machine "
-        "(bf16 autocast where bf16 matmuls are fast, fp32 otherwise; bf16 on --gpu)"
+        "trl-default plus packing=True, packing_strategy='bfd' (which turns padding_free on): each "
+        "of the 8 batch rows is a 512-token bin of whole examples, and the batch is flattened into "
+        "one row of up to 4,096 tokens; gradient_checkpointing=False; the precision easyllm "
+        "chooses on this machine (bf16 autocast where bf16 matmuls are fast, fp32 otherwise; bf16 "
+        "on --gpu)"
     ),
     "trainer-padded": (
-        "transformers Trainer with TrainingArguments defaults (fp32, no checkpointing, random sampling, "
-        "linear schedule) + DataCollatorForSeq2Seq padding to the batch's longest example; the examples "
-        "(input ids and labels, loss on assistant replies only) are easyllm's; the model's own loss over "
-        "full logits"
+        "transformers Trainer with TrainingArguments defaults (fp32, no checkpointing, random "
+        "sampling, linear schedule) + DataCollatorForSeq2Seq padding to the batch's longest "
+        "example; the examples (input ids and labels, loss on assistant replies only) are "
+        "easyllm's; the model's own loss over full logits"
     ),
 }
 
 
 # -- data and measurement helpers (used by the child processes) ------------------------------
 def load_chats(rows: int) -> list[dict[str, Any]]:
-    """The first `rows` alpaca rows as conversations: user = instruction (+ input), assistant = output."""
+    """The first `rows` alpaca rows as chats: user = instruction (+ input), assistant = output."""
     records = json.loads(DATA_FILE.read_text())[:rows]
     chats = []
     for record in records:
@@ -325,9 +328,8 @@ def run_trainer_padded(
     encoder = ChatEncoder(tokenizer)
     ensure_pad_token(tokenizer, model, encoder.end_of_turn_ids)  # as easyllm: pad is not <|im_end|>
     options = DataOptions(val_size=0, seed=SEED, max_length=MAX_LENGTH)
-    train = (
-        TASKS.get("sft").prepare(read_source(chats), encoder, options).train
-    )  # easyllm's examples
+    # easyllm's examples
+    train = TASKS.get("sft").prepare(read_source(chats), encoder, options).train
     args = TrainingArguments(
         output_dir=out,
         per_device_train_batch_size=BATCH_SIZE,
@@ -353,8 +355,8 @@ def run_trainer_padded(
 CONFIGS: dict[str, Callable[..., None]] = {
     "easyllm": run_easyllm,
     "easyllm-fp32": lambda *a: run_easyllm(*a, bf16=False),
-    # the two sides of easyllm's automatic gradient-checkpointing choice, forced
     "easyllm-eager": lambda *a: run_easyllm(*a, compile=False),
+    # the two sides of easyllm's automatic gradient-checkpointing choice, forced
     "easyllm-no-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=False),
     "easyllm-ckpt": lambda *a: run_easyllm(*a, gradient_checkpointing=True),
     "trl-default": lambda *a: run_trl(*a, tuned=False),
@@ -393,9 +395,8 @@ def child(opts: argparse.Namespace) -> None:
     total = lambda key: sum(batch[key] for batch in timed)
     params = list(trainer.model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    frozen = sum(
-        p.numel() for p in params if not p.requires_grad
-    )  # the base model (tied weights once)
+    # the base model (tied weights once)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     timed_losses = [loss for step, loss in losses if step > opts.warmup]
     window = timed_losses[-opts.loss_window :]
@@ -425,9 +426,9 @@ def child(opts: argparse.Namespace) -> None:
         "flops_4nd_per_s": 4 * frozen * real / wall,
         "peak_rss_gib": peak_rss_gib(),
         "setup_rss_gib": probe.get("setup_rss_gib"),
-        "cuda_peak_gib": torch.cuda.max_memory_allocated() / 2**30
-        if torch.cuda.is_available()
-        else None,
+        "cuda_peak_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        ),
         "losses": [loss for _, loss in losses],
         "final_loss": statistics.fmean(window) if window else None,
         "process_s": time.perf_counter() - start,
@@ -505,8 +506,9 @@ def run_child(
         return message
     data = json.loads(result.read_text())
     print(
-        f"  {name}: {data['trained_tokens_per_s']:.0f} trained tok/s, {data['s_per_step']:.1f} s/step, "
-        f"peak RSS {data['peak_rss_gib']:.2f} GiB ({time.perf_counter() - begin:.0f} s)",
+        f"  {name}: {data['trained_tokens_per_s']:.0f} trained tok/s, "
+        f"{data['s_per_step']:.1f} s/step, peak RSS {data['peak_rss_gib']:.2f} GiB "
+        f"({time.perf_counter() - begin:.0f} s)",
         flush=True,
     )
     return data
@@ -590,12 +592,13 @@ def cell(value: Any, fmt: str) -> str:
 def header(
     opts: argparse.Namespace, info: dict, rates: dict, reference: str, command: str
 ) -> list[str]:
+    cores = f"{info['cpu_cores']} cores ({info['torch_threads']} torch threads)"
+    load = f"{info['load_before']:.2f} / {info['load_after']:.2f}"
     machine_line = (
-        f"Machine: {info['cpu']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
-        f"{info['memory_gib']:.0f} GiB RAM"
+        f"Machine: {info['cpu']}, {cores}, {info['memory_gib']:.0f} GiB RAM"
         + (f", GPU {info['gpu']}" if "gpu" in info else "")
         + (f"; CPU bf16 support: {', '.join(info['cpu_bf16'])}" if info["cpu_bf16"] else "")
-        + f"; 1-minute load average before / after: {info['load_before']:.2f} / {info['load_after']:.2f}  "
+        + f"; 1-minute load average before / after: {load}  "
     )
     matmuls = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items())
     return [
@@ -609,35 +612,36 @@ def header(
             f"transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}  "
         ),
         (
-            f"Reference matmul ({opts.matmul_n}x{opts.matmul_n}, measured by the parent): {matmuls}; "
-            f"the FLOP/s shares below are of {reference}."
+            f"Reference matmul ({opts.matmul_n}x{opts.matmul_n}, measured by the parent): "
+            f"{matmuls}; the FLOP/s shares below are of {reference}."
         ),
         "",
         (
-            f"Model: built-in SmolLM2-135M-Instruct. Data: first {opts.rows} rows of {DATA_FILE.name} as "
-            f"user/assistant chats. Every configuration: LoRA r={LORA['r']}, alpha={LORA['lora_alpha']}, "
-            f"dropout 0, all linear layers; batch {BATCH_SIZE}; max length {MAX_LENGTH}; learning rate "
-            f"{LEARNING_RATE}; seed {SEED}; {opts.warmup} warm-up step(s), then {opts.steps} timed "
-            f"step(s); {opts.repeats} cycle(s) through the configurations, each run in its own process; "
-            "values are medians over the cycles."
+            f"Model: built-in SmolLM2-135M-Instruct. Data: first {opts.rows} rows of "
+            f"{DATA_FILE.name} as user/assistant chats. Every configuration: LoRA r={LORA['r']}, "
+            f"alpha={LORA['lora_alpha']}, dropout 0, all linear layers; batch {BATCH_SIZE}; max "
+            f"length {MAX_LENGTH}; learning rate {LEARNING_RATE}; seed {SEED}; {opts.warmup} "
+            f"warm-up step(s), then {opts.steps} timed step(s); {opts.repeats} cycle(s) through "
+            "the configurations, each run in its own process; values are medians over the cycles."
         ),
         "",
         (
-            "How it is measured: tokens are counted from the batches each trainer's collator really "
-            "produced (trained = labels != -100 after each row's first position; non-pad = the "
-            "examples' own tokens); wall time per step runs from one on_step_end to the next (data "
-            "loading included); peak RSS is the child process's ru_maxrss (model loading and "
-            "tokenization included). FLOP/s uses the standard 6·N·D (N = base-model parameters, D = "
-            "non-pad tokens), which overstates LoRA work: frozen weights get no weight gradient, so "
-            "4·N·D is closer to what must be computed. Neither counts attention, gradient-checkpointing "
-            "recomputation, or that easyllm runs the output layer only on trained positions."
+            "How it is measured: tokens are counted from the batches each trainer's collator "
+            "really produced (trained = labels != -100 after each row's first position; non-pad = "
+            "the examples' own tokens); wall time per step runs from one on_step_end to the next "
+            "(data loading included); peak RSS is the child process's ru_maxrss (model loading and "
+            "tokenization included). FLOP/s uses the standard 6·N·D (N = base-model parameters, D "
+            "= non-pad tokens), which overstates LoRA work: frozen weights get no weight gradient, "
+            "so 4·N·D is closer to what must be computed. Neither counts attention, "
+            "gradient-checkpointing recomputation, or that easyllm runs the output layer only on "
+            "trained positions."
         ),
         "",
         (
-            "Losses are comparable only where the same tokens are trained: trl-default trains every "
-            "token (prompt and template included), trl-tuned trains every token of about twice as many "
-            "examples per step, and easyllm and trainer-padded train the same reply tokens but draw "
-            "batches differently (group_by_length vs random)."
+            "Losses are comparable only where the same tokens are trained: trl-default trains "
+            "every token (prompt and template included), trl-tuned trains every token of about "
+            "twice as many examples per step, and easyllm and trainer-padded train the same reply "
+            "tokens but draw batches differently (group_by_length vs random)."
         ),
     ]
 
@@ -685,8 +689,9 @@ def section(name: str, config_runs: list[dict[str, Any]], trl_version: str) -> l
         (
             f"Measured: {first['device']}, {first['precision']}, gradient checkpointing "
             f"{'on' if first['gradient_checkpointing'] else 'off'}, "
-            f"{first.get('compiled_layers') or 'no'} layers compiled, {first['torch_threads']} threads, "
-            f"N = {first['base_params']:,} base parameters, {first['trainable_params']:,} trainable."
+            f"{first.get('compiled_layers') or 'no'} layers compiled, "
+            f"{first['torch_threads']} threads, N = {first['base_params']:,} base parameters, "
+            f"{first['trainable_params']:,} trainable."
         ),
     ]
     if first.get("trl_settings"):

@@ -46,9 +46,8 @@ def copy_dequantized_weights(quantized: PreTrainedModel, target: PreTrainedModel
     from bitsandbytes.functional import dequantize_4bit
     from bitsandbytes.nn import Linear4bit
 
-    keep_4bit_weights_trainable(
-        quantized
-    )  # the CPU inference packing cannot be de-quantized directly
+    # The CPU inference packing cannot be de-quantized directly.
+    keep_4bit_weights_trainable(quantized)
     targets = dict(target.named_modules())
     copied = 0
     for name, module in quantized.named_modules():

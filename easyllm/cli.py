@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from .errors import ConfigError, EasyLLMError
 
@@ -143,9 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    print(
-        f"Merged weights written to {_runner(args.run_dir).merge(args.merge, check=not args.no_check)}"
-    )
+    merged = _runner(args.run_dir).merge(args.merge, check=not args.no_check)
+    print(f"Merged weights written to {merged}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -165,7 +164,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
     if (args.teacher is None) == (args.endpoint is None):
         raise ConfigError(
-            "Name one teacher: --teacher RUN_DIR_OR_MODEL, or --endpoint URL with --endpoint-model NAME."
+            "Name one teacher: --teacher RUN_DIR_OR_MODEL, or --endpoint URL with "
+            "--endpoint-model NAME."
         )
     if args.endpoint is not None and not args.endpoint_model:
         raise ConfigError(
@@ -198,20 +198,36 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     print(f"Training rows in {path}")
 
 
+# what add_subparsers() returns: each _add_* function adds one command (or two) to it
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="easyllm", description="Fine-tune a language model in three lines."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_generate_and_chat(commands)
+    _add_eval(commands)
+    _add_export(commands)
+    _add_serve(commands)
+    _add_synthesize(commands)
+    return parser
 
-    def add(
-        name: str, handler: Callable[[argparse.Namespace], None], help_text: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
 
-    train = add("train", cmd_train, "Fine-tune a model on a data file, or as a YAML config says.")
+def _add(
+    commands: Commands, name: str, handler: Callable[[argparse.Namespace], None], help_text: str
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_train(commands: Commands) -> None:
+    train = _add(
+        commands, "train", cmd_train, "Fine-tune a model on a data file, or as a YAML config says."
+    )
     train.add_argument(
         "config", nargs="?", help="a YAML file whose keys are ModelRunner/load_data/train arguments"
     )
@@ -234,18 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a run already in --output-dir"
     )
 
+
+def _add_generate_and_chat(commands: Commands) -> None:
     for name, handler, help_text in (
         ("generate", cmd_generate, "Answer one prompt with a trained run."),
         ("chat", cmd_chat, "Chat with a trained run, streaming the replies."),
     ):
-        sub = add(name, handler, help_text)
+        sub = _add(commands, name, handler, help_text)
         sub.add_argument("run_dir", help="a folder written by train() or save()")
         if name == "generate":
             sub.add_argument("--prompt", required=True)
         sub.add_argument("--system", help="a system prompt")
         sub.add_argument("--max-new-tokens", type=int, default=256)
 
-    evaluate = add("eval", cmd_eval, "Held-out metrics of a trained run on a data file.")
+
+def _add_eval(commands: Commands) -> None:
+    evaluate = _add(commands, "eval", cmd_eval, "Held-out metrics of a trained run on a data file.")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument(
@@ -270,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-generate", dest="generate", action="store_false", help="loss and perplexity only"
     )
 
-    export = add("export", cmd_export, "Merge a LoRA run into full-precision weights.")
+
+def _add_export(commands: Commands) -> None:
+    export = _add(commands, "export", cmd_export, "Merge a LoRA run into full-precision weights.")
     export.add_argument("run_dir")
     export.add_argument(
         "--merge", required=True, metavar="OUT_DIR", help="folder for the merged model"
@@ -281,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip comparing the merged model's answers with the adapter's (parity.json)",
     )
 
-    serve = add("serve", cmd_serve, "Serve a model or run as an OpenAI-compatible chat API.")
+
+def _add_serve(commands: Commands) -> None:
+    serve = _add(
+        commands, "serve", cmd_serve, "Serve a model or run as an OpenAI-compatible chat API."
+    )
     serve.add_argument(
         "model",
         metavar="RUN_DIR_OR_MODEL",
@@ -293,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--name", help="the model name the API reports (default: the model's)")
 
-    synth = add(
+
+def _add_synthesize(commands: Commands) -> None:
+    synth = _add(
+        commands,
         "synthesize",
         cmd_synthesize,
         "Have a teacher model answer prompts: training rows for a student.",
@@ -333,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--min-chars", type=int, help="drop shorter answers")
     synth.add_argument("--max-chars", type=int, help="drop longer answers")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,4 +28,7 @@ class UsageError(EasyLLMError, RuntimeError):
 
 
 class SaveError(EasyLLMError, OSError):
-    """A checkpoint or model could not be written (disk full, folder not writable); nothing half-written is left."""
+    """A checkpoint or model could not be written (disk full, folder not writable).
+
+    Nothing half-written is left.
+    """

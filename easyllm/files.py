@@ -24,7 +24,7 @@ CARD_FILE = "README.md"
 
 
 def fsync_path(path: Path) -> None:
-    """Flush a file or folder to disk; best effort where the platform cannot (folders on some systems)."""
+    """Flush a file or folder to disk; best effort where the platform cannot (some folders)."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:
@@ -117,7 +117,7 @@ def staged_folder(target: str | os.PathLike, prefix: str = ".staging-") -> Itera
 
 
 def move_into(staging: Path, target: Path, *, last: str | None = None) -> None:
-    """Move every entry of `staging` into `target` (replacing same-named ones), `last` after the rest."""
+    """Move every entry of `staging` into `target` (replacing same-named ones), `last` last."""
     fsync_tree(staging)
     for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == last):
         destination = target / entry.name

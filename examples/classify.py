@@ -19,14 +19,13 @@ data = Path(__file__).parent / "data" / "intents.jsonl"  # {"text": ..., "label"
 
 runner = ModelRunner(encoder, task="classify")  # LoRA on the encoder, a new head trained in full
 runner.load_data(data, val_size=0.25, max_length=48)
-# A small encoder with LoRA learns faster at 2e-3 than at the default 5e-4; one evaluation, at the end.
+# A small encoder with LoRA learns faster at 2e-3 than the default 5e-4; one evaluation, at the end.
 result = runner.train(
     num_train_epochs=2, per_device_train_batch_size=16, learning_rate=2e-3, eval_strategy="no"
 )
 
-report = ClassificationReport.from_metrics(
-    result.metrics
-)  # per-class scores and the confusion matrix
+# per-class scores and the confusion matrix
+report = ClassificationReport.from_metrics(result.metrics)
 print(report)
 report.plot(result.output_dir / "confusion.png")
 
@@ -39,8 +38,7 @@ messages = [
 for message, (label, scores) in zip(messages, runner.predict(messages, return_scores=True)):
     print(f"{message!r:40} -> {label} ({scores[label]:.0%})")
 
-again = ModelRunner.load(
-    result.output_dir
-)  # the labels and the trained head come back with the adapter
+# the labels and the trained head come back with the adapter
+again = ModelRunner.load(result.output_dir)
 assert again.predict(messages) == runner.predict(messages)
 print(f"Saved in {result.output_dir} (confusion.png beside metrics.json)")

@@ -28,7 +28,7 @@ HELD_OUT = 8
 
 
 def smaller_copy(teacher: ModelRunner, layers: list[int], folder: Path) -> Path:
-    """Save the teacher with only `layers` (renumbered from 0) as a model folder a ModelRunner loads."""
+    """Save the teacher with only `layers` (renumbered from 0) as a folder a ModelRunner loads."""
     model = teacher.model
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = len(layers)
@@ -84,7 +84,8 @@ print(f"\nHeld-out question: {last[-2]['content']}")
 print(f"Teacher: {last[-1]['content']}")
 print(f"Student: {student.generate(last[-2]['content'], system=SYSTEM, max_new_tokens=64)}")
 print(
-    f"\nStudent against the teacher's {HELD_OUT} held-out answers (the student is saved in {result.output_dir}):"
+    f"\nStudent against the teacher's {HELD_OUT} held-out answers "
+    f"(the student is saved in {result.output_dir}):"
 )
 for name in ("eval_loss", "token_f1", "rouge_l"):
     if name in before:

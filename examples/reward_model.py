@@ -1,4 +1,4 @@
-"""A reward model on the built-in model: learn which of two replies people prefer, then score replies.
+"""A reward model on the built-in model: learn which of two replies people prefer, then score them.
 
 Run from the repository root: python examples/reward_model.py (a few minutes on 2 CPU cores).
 """
@@ -41,13 +41,9 @@ runner.load_data(pairs, val_size=4)
 result = runner.train(num_train_epochs=2, learning_rate=1e-3)
 
 question = [{"role": "user", "content": "How do I fold a paper plane?"}]
-polite, rude = runner.score(
-    [
-        question
-        + [{"role": "assistant", "content": "Happy to help! Here is a clear, friendly answer."}],
-        question + [{"role": "assistant", "content": "Not my problem. Look it up yourself."}],
-    ]
-)
+polite_reply = {"role": "assistant", "content": "Happy to help! Here is a clear, friendly answer."}
+rude_reply = {"role": "assistant", "content": "Not my problem. Look it up yourself."}
+polite, rude = runner.score([question + [polite_reply], question + [rude_reply]])
 print(
     f"\nHeld-out accuracy {result.metrics['accuracy']:.2f}, margin {result.metrics['margin']:.2f}"
 )

@@ -63,7 +63,7 @@ def fp32_on_every_cpu(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def private_encoding_cache(monkeypatch, tmp_path_factory):
-    """Encoded data is cached per test (not in tmp_path, which tests inspect), never in the user's cache."""
+    """A per-test encoding cache (not in tmp_path, which tests inspect), never the user's cache."""
     folder = tmp_path_factory.mktemp("encoded-cache")
     monkeypatch.setattr("easyllm.data.encoded_cache.cache_root", lambda: folder)
 

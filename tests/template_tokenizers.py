@@ -51,9 +51,8 @@ class Family:
     rstrip: bool = False  # control tokens swallow the whitespace after them (Phi-3's do)
     added: tuple[str, ...] = ()  # added tokens that are not control tokens (Qwen's <tool_call>)
     system: bool = True  # the template accepts a system message
-    tools: Literal["calls", "messages"] | None = (
-        None  # renders tool_calls + tool turns, or tool turns
-    )
+    # renders tool_calls + tool turns, or tool turns
+    tools: Literal["calls", "messages"] | None = None
 
     def build(self) -> PreTrainedTokenizerFast:
         return build_family_tokenizer(self)

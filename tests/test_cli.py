@@ -84,22 +84,8 @@ def test_eval_prints_json_metrics(trained_run, data_file, capsys):
 
 def test_eval_compare_and_loss_only(trained_run, data_file, capsys):
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "eval",
-                str(trained_run),
-                "--data",
-                str(data_file),
-                "--compare",
-                "--max-samples",
-                "2",
-                "--max-new-tokens",
-                "4",
-            ]
-        )
-        == 0
-    )
+    options = ["--data", str(data_file), "--compare", "--max-samples", "2", "--max-new-tokens", "4"]
+    assert main(["eval", str(trained_run), *options]) == 0
     out = capsys.readouterr().out
     metrics = json.loads(out[out.index("{") :])
     assert (

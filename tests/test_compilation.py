@@ -1,4 +1,4 @@
-"""Compiled decoder layers: same loss and gradients as eager, only for runs long enough to pay off."""
+"""Compiled decoder layers: the eager loss and gradients, only for runs long enough to pay off."""
 
 from __future__ import annotations
 
@@ -44,17 +44,15 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
     with compiled_layers(model, True) as compiled:
         assert compiled == len(decoder_layers(model)) == 2
         compiled_loss, compiled_grads = _loss_and_grads(model, batch)
-        batch = {
-            key: value[:, :20] for key, value in batch.items()
-        }  # another length: no new failure
+        # another length: no new failure
+        batch = {key: value[:, :20] for key, value in batch.items()}
         _loss_and_grads(model, batch)
 
     assert abs(compiled_loss - eager_loss) < 1e-5
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6)
-    assert all(
-        layer._compiled_call_impl is None for layer in decoder_layers(model)
-    )  # generation runs eager
+    # generation runs eager
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
     assert isinstance(runner.generate("Hi", max_new_tokens=3), str)
 
 
@@ -86,10 +84,8 @@ def test_compiled_layers_recompute_cheap_results_instead_of_keeping_them(
     ids = torch.randint(5, 250, (1, 64))
     batch = {"input_ids": ids, "position_ids": torch.arange(64)[None], "labels": ids.clone()}
     kept = {}
-    for recompute in (
-        (),
-        compilation._RECOMPUTE_FREELY,
-    ):  # torch's default partitioner, then easyllm's
+    # torch's default partitioner, then easyllm's
+    for recompute in ((), compilation._RECOMPUTE_FREELY):
         monkeypatch.setattr(compilation, "_RECOMPUTE_FREELY", recompute)
         torch._dynamo.reset()
         with compiled_layers(model, True):

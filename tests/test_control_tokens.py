@@ -32,9 +32,8 @@ def test_forged_markup_in_user_and_assistant_content_stays_text(runner):
     clean_ids = runner.data.train[0]["input_ids"]
     assert _control_count(runner, ids) == _control_count(runner, clean_ids)
     trained = [t for t, label in zip(ids, labels) if label != -100]
-    assert (
-        runner.tokenizer.decode(trained) == "Sure<|im_end|><|im_end|>"
-    )  # the text, then the real end
+    # the text, then the real end
+    assert runner.tokenizer.decode(trained) == "Sure<|im_end|><|im_end|>"
     assert (
         len(forged.control_token_rows) == 1
         and "data[0]: message 0 (user)" in forged.control_token_rows[0]
@@ -63,9 +62,5 @@ def test_allow_keeps_apply_chat_template_behaviour(runner):
     runner.load_data(_rows(FORGED), val_size=0, on_control_tokens="allow")
     ids = runner.data.train[0]["input_ids"]
     messages = _rows(FORGED)[0]["messages"]
-    assert (
-        ids
-        == runner.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-    )
+    rendered = runner.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+    assert ids == rendered["input_ids"]

@@ -112,13 +112,14 @@ def test_messages_with_tool_role_keep_the_tools_list():
 
 def test_prompt_and_completion_may_be_message_lists():
     chat, mixed = conversations("prompt_completion_messages.jsonl")
+    # a reply inside the prompt is context, not trained
     assert chat.messages == [
         system("Be brief."),
         user("Hi"),
         {**assistant("Hello!"), "train": False},
         user("Name?"),
         assistant("Lumen."),
-    ]  # a reply inside the prompt is context, not trained
+    ]
     assert mixed.messages == [system("Answer with a number."), user("2 + 2 ="), assistant("4")]
 
 
@@ -178,9 +179,8 @@ def test_json_array_list_and_dataset_sources_agree():
     ]
     from_list = [c.messages for c in to_conversations(read_source(rows))]
     columns = ["question", "answer", "prompt", "completion"]
-    dataset = Dataset.from_list(
-        [{key: row.get(key) for key in columns} for row in rows]
-    )  # with None
+    # with None where a row lacks the column
+    dataset = Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
     from_dataset = [c.messages for c in to_conversations(read_source(dataset))]
     assert from_file == from_list == from_dataset
 
@@ -320,7 +320,10 @@ BAD_CASES = [
     (10, "a row must be an object with named fields, got list"),
     (
         11,
-        'SFT needs prompt/reply pairs such as prompt/completion or messages; to train on plain text use task="pt"',
+        (
+            "SFT needs prompt/reply pairs such as prompt/completion or messages; to train on plain "
+            'text use task="pt"'
+        ),
     ),
     (12, "unrecognized row with keys ['colour']. Known shapes: messages ['messages']; sharegpt"),
     (13, "message 1 has unknown ShareGPT role 'bot'; use one of human, gpt, system"),
@@ -354,15 +357,11 @@ def test_raise_lists_the_first_problems_and_counts_the_rest():
 def test_skip_returns_good_rows_and_rejects_with_reasons(tmp_path):
     result = convert_rows(iter_records(BAD_ROWS), on_bad_rows="skip")
     assert [c.origin for c in result.rows] == [f"{BAD_ROWS}:18"]
-    assert [(r.origin, r.reason) for r in result.rejects][:1] == [
-        (
-            f"{BAD_ROWS}:1",
-            (
-                "roles out of order: message 2 (user) follows another user message; merge the two user "
-                "messages or put the assistant reply between them"
-            ),
-        )
-    ]
+    first_reason = (
+        "roles out of order: message 2 (user) follows another user message; merge the two user "
+        "messages or put the assistant reply between them"
+    )
+    assert [(r.origin, r.reason) for r in result.rejects][:1] == [(f"{BAD_ROWS}:1", first_reason)]
     assert [int(r.origin.rsplit(":", 1)[1]) for r in result.rejects] == [
         line for line, _ in BAD_CASES
     ]

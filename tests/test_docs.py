@@ -1,4 +1,4 @@
-"""The documentation site builds without warnings (broken links, missing pages, bad API references)."""
+"""The docs site builds without warnings (broken links, missing pages, bad API references)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing drifts: template fingerprints, merge parity and the reproduction record, on tiny models."""
+"""Nothing drifts: template fingerprints, merge parity, the reproduction record, on tiny models."""
 
 from __future__ import annotations
 
@@ -43,9 +43,8 @@ def test_fingerprint_survives_save_and_load_and_an_identical_tokenizer_is_silent
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_template(saved, reloaded, strict=True, source=str(tmp_path)) == []
-        assert (
-            check_template(None, reloaded, source="an old save") == []
-        )  # nothing saved to compare
+        # nothing saved to compare
+        assert check_template(None, reloaded, source="an old save") == []
 
 
 def test_another_template_warns_with_the_difference_and_strict_refuses(tokenizer):
@@ -88,7 +87,7 @@ def test_same_template_with_other_special_tokens_or_token_ids_is_caught(tokenize
 
 # -- merge parity -------------------------------------------------------------------------------
 def _lora_model(source, seed: int = 0) -> PeftModel:
-    """The tiny model with a LoRA adapter whose B weights are random (a fresh adapter changes nothing)."""
+    """The tiny model plus a LoRA adapter with random B weights (a fresh one changes nothing)."""
     torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
@@ -116,9 +115,8 @@ def test_a_merged_adapter_answers_like_the_adapter_and_a_wrong_model_is_caught(
     report.write(tmp_path)
     assert json.loads((tmp_path / PARITY_FILE).read_text())["ok"] is True
 
-    base = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir
-    )  # the adapter left out: it does matter
+    # the adapter left out: it does matter
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert merge_parity(adapter, base, encoder, prompts).max_logprob_drift > 1e-2
 
     with torch.no_grad():
@@ -161,9 +159,8 @@ def test_a_qlora_adapter_merges_into_its_dequantized_weights(tiny_model_dir, tok
     encoder = ChatEncoder(tokenizer)
     prompts = parity_prompts(encoder, limit=2)
 
-    originals = AutoModelForCausalLM.from_pretrained(
-        tiny_model_dir
-    )  # not what the adapter was trained on
+    # not what the adapter was trained on
+    originals = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     merged = PeftModel.from_pretrained(originals, tmp_path / "adapter").merge_and_unload()
     report = merge_parity(adapter, merged, encoder, prompts, max_new_tokens=4)
     assert report.quantized_base and not report.ok and report.max_logprob_drift > report.tolerance
@@ -336,8 +333,7 @@ def test_a_run_records_how_to_reproduce_it_and_export_checks_parity(
     runner.merge(tmp_path / "merged")  # on the 2 held-out prompts
     assert "merge parity: 2 of 2 prompts give the same greedy tokens" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "run"), "--merge", str(tmp_path / "exported")]) == 0
-    assert (
-        "merge parity: 4 of 4 prompts" in capsys.readouterr().out
-    )  # a reloaded run: the probe prompts
+    # a reloaded run: the probe prompts
+    assert "merge parity: 4 of 4 prompts" in capsys.readouterr().out
     parity = json.loads((tmp_path / "exported" / PARITY_FILE).read_text())
     assert parity["ok"] and parity["max_logprob_drift"] < 1e-4

@@ -43,7 +43,7 @@ def test_other_data_or_options_are_encoded_anew(tiny_model_dir, chats, monkeypat
     _load(tiny_model_dir, chats, train_on="all")
     chats[3]["messages"][1]["content"] = "Something else."
     _load(tiny_model_dir, chats)
-    # max_length and train_on: both splits encoded anew; the changed row: only the split that holds it
+    # max_length and train_on: both splits encoded anew; the changed row: only the split holding it
     assert len(calls) == 5
 
 

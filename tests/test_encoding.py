@@ -22,53 +22,22 @@ _ = IGNORE_INDEX
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    """The real SmolLM2-135M-Instruct tokenizer, from the built-in model (converted once, cached)."""
+    """The real SmolLM2-135M-Instruct tokenizer from the built-in model (converted once, cached)."""
     return AutoTokenizer.from_pretrained(resolve_model(None))
 
 
 def test_multi_turn_labels_token_by_token_with_smollm2(smollm2_tokenizer):
     encoded = ChatEncoder(smollm2_tokenizer).encode(CONVERSATION)
     # <|im_start|>=1 <|im_end|>=2 "\n"=198; replies "Hello!" = 19556 17 and "Lumen." = 60 17065 30
+    # fmt: off
     assert encoded.input_ids == [
-        1,
-        9690,
-        198,
-        6077,
-        5453,
-        30,
-        2,
-        198,  # <|im_start|>system\nBe brief.<|im_end|>\n
-        1,
-        4093,
-        198,
-        26843,
-        2,
-        198,  # <|im_start|>user\nHi<|im_end|>\n
-        1,
-        520,
-        9531,
-        198,
-        19556,
-        17,
-        2,
-        198,  # <|im_start|>assistant\nHello!<|im_end|>\n
-        1,
-        4093,
-        198,
-        5820,
-        47,
-        2,
-        198,  # <|im_start|>user\nName?<|im_end|>\n
-        1,
-        520,
-        9531,
-        198,
-        60,
-        17065,
-        30,
-        2,
-        198,  # <|im_start|>assistant\nLumen.<|im_end|>\n
+        1, 9690, 198, 6077, 5453, 30, 2, 198,          # <|im_start|>system\nBe brief.<|im_end|>\n
+        1, 4093, 198, 26843, 2, 198,                   # <|im_start|>user\nHi<|im_end|>\n
+        1, 520, 9531, 198, 19556, 17, 2, 198,          # <|im_start|>assistant\nHello!<|im_end|>\n
+        1, 4093, 198, 5820, 47, 2, 198,                # <|im_start|>user\nName?<|im_end|>\n
+        1, 520, 9531, 198, 60, 17065, 30, 2, 198,      # <|im_start|>assistant\nLumen.<|im_end|>\n
     ]
+    # fmt: on
     assert encoded.labels == (
         [_] * 8 + [_] * 6 + [_] * 4 + [19556, 17, 2, _] + [_] * 7 + [_] * 4 + [60, 17065, 30, 2, _]
     )
@@ -88,9 +57,8 @@ def test_generation_prompt_is_the_training_prefix(smollm2_tokenizer, turn):
     full = encoder.encode(CONVERSATION)
     prompt = encoder.encode_prompt(CONVERSATION[:turn])
     assert full.input_ids[: len(prompt)] == prompt
-    assert (
-        full.labels[len(prompt) - 1] == _ and full.labels[len(prompt)] != _
-    )  # the reply starts right after
+    # the reply starts right after
+    assert full.labels[len(prompt) - 1] == _ and full.labels[len(prompt)] != _
 
 
 def test_default_system_prompt_injected_by_template_is_not_trained(tokenizer):

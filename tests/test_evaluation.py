@@ -1,4 +1,4 @@
-"""runner.evaluate() on tiny models whose replies are known: every metric, runaways, compare mode, files."""
+"""runner.evaluate() on tiny models with known replies: metrics, runaways, compare mode, files."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def runner(tiny_model_dir, chats) -> ModelRunner:
 
 @contextmanager
 def scripted(runner: ModelRunner, text: str | None) -> Iterator[list[int]]:
-    """Make the model reply exactly `text` and then end its turn; None: never end the turn (a runaway).
+    """Make the model reply `text` and then end its turn; None: never end the turn (a runaway).
 
     A hook on the output layer overwrites the next-token logits; a hook on the model restarts the
     script at every new prompt (the one forward pass that reads more than one token).
@@ -77,11 +77,12 @@ def test_each_metric_of_a_partial_answer(runner):
     with scripted(runner, "I am Lumen, an AI") as script:
         result = runner.evaluate()
     assert result["exact_match"] == 0.0
-    # SQuAD words [i, am, lumen, ai] of [i, am, lumen, ai, assistant] ("an" is an article): P 1, R 4/5
+    # SQuAD words [i, am, lumen, ai] of [i, am, lumen, ai, assistant] ("an", an article): P 1, R 4/5
     assert result["token_f1"] == pytest.approx(2 * (4 / 5) / (1 + 4 / 5))
     # ROUGE words [i, am, lumen, an, ai] of [i, am, lumen, an, ai, assistant]: P 1, R 5/6
     assert result["rouge_l"] == pytest.approx(2 * (5 / 6) / (1 + 5 / 6))
-    # 13a tokens: 6 of the reference's 8 ("," and "." are tokens), every n-gram found: only the brevity penalty
+    # 13a tokens: 6 of the reference's 8 ("," and "." are tokens); every n-gram is found, so only
+    # the brevity penalty counts
     assert result["bleu"] == pytest.approx(100 * math.exp(1 - 8 / 6))
     assert result["mean_reply_tokens"] == len(script)
     assert result["mean_reference_tokens"] == len(
@@ -128,17 +129,15 @@ def test_compare_answers_with_the_adapter_off_beside_the_trained_one(runner, tmp
     after = runner.evaluate(compare=True, max_new_tokens=12)
     replies = [sample.reply for sample in after.samples]
     base_replies = [sample.other_reply for sample in after.samples]
-    assert base_replies == [
-        sample.reply for sample in before.samples
-    ]  # the base is the untrained model
+    # the base is the untrained model
+    assert base_replies == [sample.reply for sample in before.samples]
     assert replies != base_replies
     assert after["base_eval_loss"] == pytest.approx(before["eval_loss"], rel=1e-5)
     assert after["eval_loss"] < after["base_eval_loss"]
     for name in ("exact_match", "token_f1", "rouge_l", "bleu", "runaway_rate", "mean_reply_tokens"):
         assert after[f"base_{name}"] == before[name], name
-    assert [
-        sample.reply for sample in runner.evaluate(max_new_tokens=12).samples
-    ] == replies  # adapter back on
+    # adapter back on
+    assert [sample.reply for sample in runner.evaluate(max_new_tokens=12).samples] == replies
     assert (
         after.compared_with == "base (adapter off)"
         and after.compared()["eval_loss"] == after["base_eval_loss"]

@@ -36,9 +36,8 @@ def test_a_method_registered_here_trains_its_own_adapter(tiny_model_dir, chats, 
     result = runner.train(output_dir=str(tmp_path / "run"), **FAST)
     parameters = dict(runner.model.named_parameters())
     magnitudes = [p for name, p in parameters.items() if "lora_magnitude_vector" in name]
-    assert magnitudes and all(
-        p.requires_grad for p in magnitudes
-    )  # the method's options reached peft: DoRA
+    # the method's options reached peft: DoRA
+    assert magnitudes and all(p.requires_grad for p in magnitudes)
     assert trained_away_from_zero(parameters)
     assert result.metrics["global_step"] == 3
     reloaded = ModelRunner.load(tmp_path / "run")

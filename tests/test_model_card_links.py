@@ -1,4 +1,4 @@
-"""Model cards link to this project's documentation, never to the PyPI page of the unrelated `easyllm`."""
+"""Model cards link to this project's docs, never to the PyPI page of the unrelated `easyllm`."""
 
 from __future__ import annotations
 

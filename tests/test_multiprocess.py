@@ -1,4 +1,4 @@
-"""Several processes train as one: torchrun on the CPU (gloo) gives the single-process result, written once."""
+"""Processes train as one: torchrun on the CPU (gloo) gives the one-process result, written once."""
 
 from __future__ import annotations
 
@@ -70,9 +70,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     state = json.loads((folder / "checkpoint-18" / "trainer_state.json").read_text())
     two, one = _losses(state["log_history"]), _losses(single.last_result.log_history)
     assert len(two) == len(one) == 18
-    torch.testing.assert_close(
-        torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=0
-    )  # the same batches
+    # the same batches
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=0)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train_examples"] == 24
     assert metrics["train_loss"] == pytest.approx(

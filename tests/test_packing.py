@@ -80,9 +80,8 @@ def test_packing_gives_the_same_loss_as_no_packing(model64, examples):
     packed_sum, packed_count = _loss_sum(model64, packed)
     assert packed_count == unpacked_count
     assert packed_sum / packed_count == pytest.approx(unpacked_sum / unpacked_count, abs=1e-10)
-    assert unpacked_sum / unpacked_count == pytest.approx(
-        plain, abs=1e-6
-    )  # logits upcast to fp32 in both
+    # logits upcast to fp32 in both
+    assert unpacked_sum / unpacked_count == pytest.approx(plain, abs=1e-6)
 
 
 def test_no_position_attends_across_an_example(model64, examples):
@@ -182,10 +181,8 @@ def test_a_one_row_batch_with_per_example_attention_gives_the_unpacked_loss_and_
     batch = [examples[i] for i in range(len(examples))]
     padded = PaddingCollator(pad_token_id=0)(batch)
     one_row = PackedCollator(pad_token_id=0, max_length=128, one_row=True)(batch)
-    assert one_row["input_ids"].shape == (
-        1,
-        sum(len(e["input_ids"]) for e in batch),
-    )  # no padding at all
+    # no padding at all
+    assert one_row["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in batch))
     model64.train()  # attention per example is for training: the switch restores sdpa after it
     try:
         expected, expected_count = trained_token_loss(model64, padded)
@@ -274,6 +271,5 @@ def test_per_example_attention_only_where_it_computes_what_the_model_does(tiny_m
         MistralConfig(**{**config.to_dict(), "model_type": "mistral", "sliding_window": 64})
     )
     assert supports_packed_attention(windowed, 64)
-    assert not supports_packed_attention(
-        windowed, 128
-    )  # an example longer than the window: the mask is needed
+    # an example longer than the window: the mask is needed
+    assert not supports_packed_attention(windowed, 128)

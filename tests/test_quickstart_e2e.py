@@ -47,9 +47,8 @@ def _check_evaluation(run: Path) -> None:
     written = json.loads((run / "evaluation.json").read_text())  # by train(), on the held-out rows
     assert written["metrics"]["runaway_rate"] == 0.0 and len(written["samples"]) == 4
     runner = ModelRunner.load(run)
-    runner.load_data(
-        REPO / "examples" / "data" / "identity.jsonl"
-    )  # the same seed holds out the same rows
+    # the same seed holds out the same rows
+    runner.load_data(REPO / "examples" / "data" / "identity.jsonl")
     result = runner.evaluate(compare=True)
     shown = (
         {k: round(v, 3) for k, v in result.items()},

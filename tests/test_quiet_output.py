@@ -41,9 +41,8 @@ def test_storing_the_cache_shows_no_bar_and_leaves_bars_on(capfd, tmp_path):
     _store("quiet-on")
     assert "Saving the dataset" not in capfd.readouterr().err
     assert not are_progress_bars_disabled()
-    Dataset.from_dict({"x": [1, 2]}).save_to_disk(
-        str(tmp_path / "users-own")
-    )  # the user's own saves
+    # the user's own saves
+    Dataset.from_dict({"x": [1, 2]}).save_to_disk(str(tmp_path / "users-own"))
     assert "Saving the dataset" in capfd.readouterr().err
 
 

@@ -1,4 +1,5 @@
-"""Interrupted runs resume exactly, checkpoints are never half-written, run folders are never replaced by accident.
+"""Interrupted runs resume exactly, checkpoints are never half-written, and run folders are never
+replaced by accident.
 
 The tiny model trains on one thread (fast and deterministic on a busy machine). Killed runs are
 real subprocesses (tests/scripts/train_tiny.py) that get SIGKILL or SIGINT at a random step.
@@ -100,9 +101,8 @@ def test_resuming_from_any_checkpoint_ends_with_the_same_weights(
 ):
     folder, expected, metrics = reference
     runner = _resume_from_copy(tiny_model_dir, folder, step, tmp_path / "run")
-    _assert_same_weights(
-        runner, expected
-    )  # same data order (group_by_length, packing), optimizer, schedule
+    # same data order (group_by_length, packing), optimizer, schedule
+    _assert_same_weights(runner, expected)
     assert runner.last_result.metrics["train_loss"] == pytest.approx(
         metrics["train_loss"], rel=1e-5
     )
@@ -121,7 +121,7 @@ def _start(model_dir, folder, *options: str) -> subprocess.Popen:
 
 
 def _signal_at_step(process: subprocess.Popen, step: int, number: int, delay: float) -> str:
-    """Send `number` once the process reports `step` (plus `delay`); return everything it printed."""
+    """Send `number` once the process reports `step` (plus `delay`); return all it printed."""
     output = []
     for line in process.stdout:
         output.append(line)
@@ -137,22 +137,20 @@ def _signal_at_step(process: subprocess.Popen, step: int, number: int, delay: fl
 def test_a_run_killed_twice_and_interrupted_ends_like_an_uninterrupted_one(
     tiny_model_dir, reference, tmp_path
 ):
-    """SIGKILL inside a checkpoint write, SIGKILL and SIGINT at random steps, then resume to the end."""
+    """SIGKILL in a checkpoint write, SIGKILL and SIGINT at random steps, then resume to the end."""
     seed = int(os.environ.get("EASYLLM_TEST_SEED", random.randrange(10_000)))
     rng = random.Random(seed)
     folder = tmp_path / "run"
 
-    died = _start(
-        tiny_model_dir, folder, "--die-while-saving", "2"
-    )  # weights written, optimizer not
+    # weights written, optimizer not
+    died = _start(tiny_model_dir, folder, "--die-while-saving", "2")
     output = _signal_at_step(died, STEPS + 1, signal.SIGKILL, 0)
     assert died.returncode == -signal.SIGKILL, output
     assert (
         latest_checkpoint(folder).name == "checkpoint-2" and not (folder / "checkpoint-4").exists()
     )
-    assert (
-        folder / ".partial-checkpoint-4"
-    ).is_dir()  # what the kill left: hidden, never resumed from
+    # what the kill left: hidden, never resumed from
+    assert (folder / ".partial-checkpoint-4").is_dir()
 
     kill_at = rng.randint(5, 11)
     killed = _start(tiny_model_dir, folder, "--resume", "--step-delay", "0.05")
@@ -280,8 +278,7 @@ def test_unwritable_folders_and_a_full_disk_are_refused_before_training(
     )
     with pytest.raises(
         ConfigError,
-        match=r"Not enough disk space .*about 6\d MiB .*0 MiB are free.*"
-        r"save_total_limit=1",
+        match=r"Not enough disk space .*about 6\d MiB .*0 MiB are free.*save_total_limit=1",
     ):
         runner.train(output_dir=str(tmp_path / "run"), max_steps=1)
 
@@ -297,29 +294,28 @@ def test_a_disk_full_during_a_checkpoint_keeps_the_previous_one(
     def full_disk(self, output_dir):
         calls.append(output_dir)
         if len(calls) == 2:
-            Path(output_dir, "optimizer.pt").write_bytes(
-                b"half"
-            )  # a partial file, as a full disk leaves
+            # a partial file, as a full disk leaves
+            Path(output_dir, "optimizer.pt").write_bytes(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
         save_optimizer(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
     with pytest.raises(
         SaveError,
-        match="Could not write checkpoint-4 .* No space left on device. Nothing "
-        "half-written was left; checkpoint-2 is intact.*resume=True",
+        match=(
+            "Could not write checkpoint-4 .* No space left on device. Nothing "
+            "half-written was left; checkpoint-2 is intact.*resume=True"
+        ),
     ):
         _train(tiny_model_dir, folder)
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint-2",
-        "reproduce.json",
-    ]  # no partial checkpoint
+    # no partial checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "reproduce.json"]
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save_optimizer)
     _assert_same_weights(_train(tiny_model_dir, folder, resume=True), reference[1])
 
 
 def test_any_trainer_gets_atomic_checkpoints(tiny_model_dir, tmp_path):
-    """TRL's trainers (DPO, KTO, ...) get the same checkpoints through make_resumable, as the runner does."""
+    """TRL's trainers (DPO, KTO, ...) get the runner's checkpoints through make_resumable."""
     from transformers import Trainer, TrainingArguments
 
     from easyllm.train.checkpoints import ResumableMixin

@@ -1,4 +1,4 @@
-"""Hardware-dependent defaults: checkpointing only when memory needs it, bf16 only where it is fast."""
+"""Hardware-dependent defaults: checkpointing only when memory needs it, bf16 only where fast."""
 
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def test_checkpointing_follows_free_memory(monkeypatch):
 
 
 def test_training_arguments_decide_and_the_user_overrides(monkeypatch, tmp_path):
-    monkeypatch.setattr(
-        "easyllm.train.resources.free_memory_bytes", lambda device: 1
-    )  # no memory at all
+    # no memory at all
+    monkeypatch.setattr("easyllm.train.resources.free_memory_bytes", lambda device: 1)
     args = TrainSettings().training_arguments(
         str(tmp_path), 0, False, model_config=SMALL, longest_example=512
     )
@@ -62,14 +61,10 @@ def test_the_cpu_trains_in_bf16_where_its_bf16_matmuls_are_fast(
     assert prefers_bf16(torch.device("cpu")) is expected
     args = TrainSettings().training_arguments(str(tmp_path), 0, False)
     assert args.bf16 is expected
-    assert (
-        not TrainSettings(trainer_args={"bf16": False})
-        .training_arguments(str(tmp_path), 0, False)
-        .bf16
-    )
-    assert (
-        not TrainSettings(method="qlora").training_arguments(str(tmp_path), 0, False).bf16
-    )  # 4-bit: fp32 path
+    forced = TrainSettings(trainer_args={"bf16": False})
+    assert not forced.training_arguments(str(tmp_path), 0, False).bf16
+    # 4-bit: fp32 path
+    assert not TrainSettings(method="qlora").training_arguments(str(tmp_path), 0, False).bf16
 
 
 def test_the_bf16_speedup_is_measured_on_this_cpu():
@@ -104,9 +99,8 @@ def test_bf16_training_runs_in_bf16_and_follows_the_fp32_loss_curve(
     fp32, fp32_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=False)
     bf16, bf16_dtypes = _losses(tiny_model_dir, chats, tmp_path, bf16=True)
     assert fp32_dtypes == {torch.float32}
-    assert bf16_dtypes == {
-        torch.bfloat16
-    }  # the trained-token loss bypasses forward(): autocast must still apply
+    # the trained-token loss bypasses forward(): autocast must still apply
+    assert bf16_dtypes == {torch.bfloat16}
     assert len(bf16) == len(fp32) == 6
     assert fp32 != bf16  # really a different precision
     for low, full in zip(bf16, fp32):
@@ -121,18 +115,22 @@ from easyllm.train.resources import release_freed_activations
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 released = release_freed_activations() if sys.argv[1] == "release" else None
 big = torch.ones(20 << 20, dtype=torch.uint8)
-del big  # by default, freeing it raises glibc's mmap threshold to 20 MiB: a 12 MiB block then comes from the heap
+# by default, freeing it raises glibc's mmap threshold to 20 MiB: a 12 MiB block then comes
+# from the heap
+del big
 before = libc.mallinfo2().hblkhd
 activation = torch.ones(12 << 20, dtype=torch.uint8)
 while_alive = libc.mallinfo2().hblkhd - before
 del activation
-print(json.dumps({"released": released, "while_alive": while_alive, "after_free": libc.mallinfo2().hblkhd - before}))
+after_free = libc.mallinfo2().hblkhd - before
+print(json.dumps({"released": released, "while_alive": while_alive, "after_free": after_free}))
 """
 
 
@@ -140,7 +138,7 @@ print(json.dumps({"released": released, "while_alive": while_alive, "after_free"
     platform.libc_ver()[0] != "glibc", reason="glibc's allocator is what this changes"
 )
 def test_freed_activations_go_back_to_the_os_instead_of_staying_resident():
-    """In a fresh interpreter each: the allocator's state after other tests would decide otherwise."""
+    """In fresh interpreters: the allocator's state after other tests would decide otherwise."""
 
     def probe(mode: str) -> dict:
         done = subprocess.run(

@@ -103,9 +103,8 @@ def test_generate_shapes(runner):
     many = runner.generate(["Hi", "Who are you? Answer briefly."], max_new_tokens=4)
     chat = runner.generate([{"role": "user", "content": "Hi"}], max_new_tokens=4)
     assert isinstance(one, str) and isinstance(chat, str)
-    assert (
-        isinstance(many, list) and len(many) == 2 and many[0] == one
-    )  # left padding changes nothing
+    # left padding changes nothing
+    assert isinstance(many, list) and len(many) == 2 and many[0] == one
     assert one == chat
     assert runner.generate([], max_new_tokens=4) == []
 
@@ -192,26 +191,22 @@ def _qlora_runner(model_dir, chats, generate: bool) -> ModelRunner:
     runner = ModelRunner(str(model_dir), method="qlora")
     runner.load_data(chats, val_size=0)
     if generate:
-        runner.generate(
-            "Hi", max_new_tokens=2
-        )  # eval-mode forward: bitsandbytes may repack weights
+        # eval-mode forward: bitsandbytes may repack weights
+        runner.generate("Hi", max_new_tokens=2)
     torch.manual_seed(0)
     runner.model = make_trainable(runner.model, runner.settings)
-    for (
-        name,
-        parameter,
-    ) in runner.model.named_parameters():  # non-zero B: every path carries gradient
+    # non-zero B: every path carries gradient
+    for name, parameter in runner.model.named_parameters():
         if "lora_B" in name:
             parameter.data.normal_(std=0.1)
     if generate:
-        runner.generate(
-            "Hi", max_new_tokens=2
-        )  # between training steps, as the Trainer's evaluation does
+        # between training steps, as the Trainer's evaluation does
+        runner.generate("Hi", max_new_tokens=2)
     return runner
 
 
 def test_qlora_gradients_survive_generation_on_the_cpu(tiny_model_dir, chats):
-    """bitsandbytes repacks 4-bit weights for CPU inference; training must still backprop through them."""
+    """bitsandbytes repacks 4-bit weights for CPU inference; backprop must still go through them."""
     reference = _adapter_gradients(_qlora_runner(tiny_model_dir, chats, generate=False))
     after_generation = _adapter_gradients(_qlora_runner(tiny_model_dir, chats, generate=True))
     assert reference.keys() == after_generation.keys() and len(reference) > 0

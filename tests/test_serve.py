@@ -1,4 +1,4 @@
-"""`easyllm serve`: an OpenAI-compatible chat API over a ModelRunner, checked with the real openai client."""
+"""`easyllm serve`: an OpenAI-compatible chat API over a ModelRunner, used by the openai client."""
 
 from __future__ import annotations
 
@@ -112,7 +112,10 @@ def test_a_streamed_reply_is_the_same_reply_in_pieces(client):
             "Streaming",
         ),
         (
-            b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}',
+            (
+                b'{"messages": [{"role": "user", "content": "hi"}, '
+                b'{"role": "assistant", "content": "x"}]}'
+            ),
             "messages",
             "end with a user message",
         ),
@@ -128,8 +131,10 @@ def test_a_bad_request_gets_400_and_an_openai_style_error(client, body, param, s
 def test_errors_reach_the_openai_client_as_its_own_exceptions(client):
     with pytest.raises(openai.BadRequestError, match="'temperature' must be a number"):
         client.chat.completions.create(
-            model="taught", messages=[{"role": "user", "content": "hi"}], temperature="hot"
-        )  # type: ignore[arg-type]
+            model="taught",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature="hot",  # type: ignore[arg-type]
+        )
     status, error = post(client, "/completions", b"{}")
     assert status == 404 and "POST /v1/chat/completions" in error["error"]["message"]
 

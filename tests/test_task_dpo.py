@@ -1,4 +1,4 @@
-"""DPO: pairs rendered with the chat template, TRL's loss, the adapter-disabled base as reference."""
+"""DPO: pairs rendered by the chat template, TRL's loss, the adapter-disabled base as reference."""
 
 from __future__ import annotations
 
@@ -103,9 +103,8 @@ def test_lora_dpo_trains_against_the_adapter_disabled_base(tiny_model_dir, tmp_p
     runner = ModelRunner(str(tiny_model_dir), task="dpo")
     runner.load_data(pairs(), val_size=4)
     before = runner.evaluate()
-    assert (
-        before["eval_reward_accuracy"] == 0 and before["eval_reward_margin"] == 0
-    )  # policy == reference
+    # policy == reference
+    assert before["eval_reward_accuracy"] == 0 and before["eval_reward_margin"] == 0
     trainers = []
     build = runner.task.build_trainer
     monkeypatch.setattr(
@@ -114,9 +113,8 @@ def test_lora_dpo_trains_against_the_adapter_disabled_base(tiny_model_dir, tmp_p
     result = runner.train(output_dir=str(tmp_path), **FAST)
 
     trainer = trainers[0]
-    assert (
-        trainer.ref_model is None and trainer.model is runner.model
-    )  # no second copy of the weights
+    # no second copy of the weights
+    assert trainer.ref_model is None and trainer.model is runner.model
     assert isinstance(runner.model, PeftModel) and lora_changed(runner.model)
     assert result.metrics["eval_reward_accuracy"] > 0.5 and result.metrics["eval_reward_margin"] > 0
     assert any("rewards/margins" in entry for entry in result.log_history)
@@ -152,9 +150,8 @@ def test_full_and_qlora_dpo_train(tiny_model_dir, tmp_path, method):
     assert result.metrics["eval_reward_margin"] > 0 and "eval_reward_accuracy" in result.metrics
     if method == "full":
         assert any(not torch.equal(p, before[n]) for n, p in runner.model.named_parameters())
-        assert (
-            "ref_chosen_logps" in runner.data.validation.column_names
-        )  # the reference, stored before training
+        # the reference, stored before training
+        assert "ref_chosen_logps" in runner.data.validation.column_names
         with pytest.raises(UsageError, match="no reference model is kept"):
             runner.evaluate(data=pairs(2))
     else:

@@ -1,4 +1,4 @@
-"""KTO: single replies labelled desirable or not, TRL's loss, rewards whose sign follows the label."""
+"""KTO: single replies labelled desirable or not, TRL's loss, rewards whose sign is the label's."""
 
 from __future__ import annotations
 
@@ -72,9 +72,8 @@ def test_kto_trains_and_reports_reward_metrics(tiny_model_dir, tmp_path, method)
     runner = ModelRunner(str(tiny_model_dir), task="kto", method=method)
     runner.load_data(labelled(), val_size=4)
     before = {name: p.detach().clone() for name, p in runner.model.named_parameters()}
-    assert (
-        runner.evaluate()["eval_reward_margin"] == 0
-    )  # the policy is its own reference before training
+    # the policy is its own reference before training
+    assert runner.evaluate()["eval_reward_margin"] == 0
     result = runner.train(output_dir=str(tmp_path), **FAST)
     metrics = result.metrics
     assert {"eval_reward_accuracy", "eval_desirable_reward", "eval_undesirable_reward"} <= set(

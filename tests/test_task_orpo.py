@@ -17,9 +17,8 @@ FIXTURES = REPO / "tests" / "fixtures" / "tasks_pref"
 
 def test_orpo_columns_mask_the_prompt_out_of_the_labels():
     row = _from_ids(None, {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]})
-    assert row["chosen_input_ids"] == [1, 2, 3, 4] and row["chosen_labels"] == [
-        IGNORE_INDEX
-    ] * 2 + [3, 4]
+    assert row["chosen_input_ids"] == [1, 2, 3, 4]
+    assert row["chosen_labels"] == [IGNORE_INDEX] * 2 + [3, 4]
     assert row["rejected_input_ids"] == [1, 2, 5] and row["rejected_attention_mask"] == [1, 1, 1]
     assert row["prompt_input_ids"] == [1, 2]
 

@@ -1,4 +1,4 @@
-"""Task "pt": documents packed into full blocks, attention inside each document, perplexity after training."""
+"""Task "pt": documents packed into full blocks, attention per document, perplexity once trained."""
 
 from __future__ import annotations
 
@@ -47,11 +47,8 @@ def test_blocks_are_full_and_positions_restart_at_each_document():
 def test_a_long_document_continues_into_the_next_block():
     document = list(range(10, 20)) + [2]
     rows = pack_documents([document, [30, 2]], block=4)
-    assert [t for row in rows["input_ids"] for t in row] == [
-        *document,
-        30,
-        2,
-    ]  # in order, nothing lost or added
+    # in order, nothing lost or added
+    assert [t for row in rows["input_ids"] for t in row] == [*document, 30, 2]
     assert [len(row) for row in rows["input_ids"]] == [4, 4, 4, 1]  # only the last block is short
     # Positions restart at each block start (see the pt module docstring for why), not mid-document.
     assert rows["position_ids"][:3] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 0]]
@@ -105,9 +102,8 @@ def test_validation_is_split_by_document_and_padding_only_fills_the_last_block(t
     assert sum(row.count(eos) for row in data.validation["input_ids"]) == 3
     assert all(len(row) == 16 for row in data.train["input_ids"][:-1])
     blocks = list(data.train["input_ids"]) + list(data.validation["input_ids"])
-    assert (
-        sum(len(row) for row in blocks) == data.report.total_tokens
-    )  # document tokens only, no padding
+    # document tokens only, no padding
+    assert sum(len(row) for row in blocks) == data.report.total_tokens
     batch = BlockCollator(pad_token_id=0)([data.train[0], data.train[len(data.train) - 1]])
     assert "attention_mask" not in batch and batch["input_ids"].shape == (2, 16)
     assert data.report.train_examples == len(data.train) and data.report.lengths
@@ -123,15 +119,13 @@ def test_pt_trains_through_the_runner_and_reports_perplexity(tiny_model_dir, tmp
     )
     lora_b = [p for n, p in runner.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
-    assert any(
-        "eval_loss" in entry for entry in result.log_history
-    )  # the Trainer's own evaluation ran
+    # the Trainer's own evaluation ran
+    assert any("eval_loss" in entry for entry in result.log_history)
     assert result.metrics["perplexity"] > 1 and "eval_loss" in result.metrics
     evaluated = runner.evaluate(FIXTURES / "docs.jsonl")
     assert set(evaluated) >= {"eval_loss", "perplexity"}
-    assert (
-        evaluated["eval_examples"] > 1
-    )  # cut into blocks of the training max_length (24), as trained
+    # cut into blocks of the training max_length (24), as trained
+    assert evaluated["eval_examples"] > 1
     assert isinstance(runner.generate("The quick brown", max_new_tokens=4), str)
 
 

@@ -1,4 +1,4 @@
-"""Task "rm": preference pairs in every shape, the pairwise loss, accuracy and margin, score(), save and load."""
+"""Task "rm": pairs in every shape, pairwise loss, accuracy and margin, score(), save and load."""
 
 from __future__ import annotations
 
@@ -136,9 +136,8 @@ def test_rm_learns_to_prefer_chosen_and_reloads_the_same(tiny_model_dir, tmp_pat
     head = [p for n, p in runner.model.named_parameters() if "score" in n and p.requires_grad]
     assert head and not torch.equal(head[0], head_before)  # the new head is fully trained
     assert result.metrics["accuracy"] == 1.0 and result.metrics["margin"] > 0
-    assert any(
-        "eval_loss" in entry for entry in result.log_history
-    )  # the Trainer's own evaluation ran
+    # the Trainer's own evaluation ran
+    assert any("eval_loss" in entry for entry in result.log_history)
     conversations = [
         _chat("What is the capital of France? (new)", "The capital of France is Paris."),
         _chat("What is the capital of France? (new)", "The quick brown fox jumps."),

@@ -152,10 +152,8 @@ def test_control_token_strings_in_content_never_forge_a_turn(family):
 def test_clean_conversations_encode_exactly_like_apply_chat_template(family):
     spec, tokenizer = family
     messages = conversation(spec)
-    reference = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
-    assert ChatEncoder(tokenizer).encode(messages).input_ids == reference
+    rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+    assert ChatEncoder(tokenizer).encode(messages).input_ids == rendered["input_ids"]
 
 
 @pytest.mark.parametrize("name", ["llama2", "llama3", "gemma", "qwen3"])

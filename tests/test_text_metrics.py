@@ -1,4 +1,4 @@
-"""Each reply score against values worked out by hand (and, for the packages' scores, their conventions)."""
+"""Each reply score against values worked out by hand (and the packages' conventions for theirs)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_exact_match_after_normalisation():
 def test_token_f1_counts_shared_words():
     # "a cat sat down" -> [cat, sat, down]; "The cat sat." -> [cat, sat]: precision 2/3, recall 1
     assert token_f1("a cat sat down", "The cat sat.") == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
-    # a repeated word is shared only as often as both sides have it: [cat, cat] vs [cat]: precision 1/2
+    # a repeated word is shared only as often as both have it: [cat, cat] vs [cat]: precision 1/2
     assert token_f1("cat cat", "cat") == pytest.approx(2 / 3)
     assert token_f1("dog", "cat") == 0.0
     assert token_f1("", "") == 1.0 and token_f1("the", "cat") == 0.0  # an empty side: equal or not
@@ -48,15 +48,15 @@ def test_rouge_l_is_the_longest_common_subsequence_f_measure():
 
 
 def test_bleu_is_sacrebleus_corpus_bleu():
-    # only the n-grams that reach "today" are missing from the reference: p_n = 6/7, 5/6, 4/5, 3/4; no penalty
+    # only the n-grams reaching "today" are missing from the reference: p_n = 6/7, 5/6, 4/5, 3/4;
+    # no brevity penalty
     hypothesis, reference = "the cat sat on the mat today", "the cat sat on the mat"
     assert corpus_bleu([hypothesis], [reference]) == pytest.approx(100 * (3 / 7) ** 0.25)
     # a 5-word prefix: all precisions 1, brevity penalty exp(1 - 6/5)
     assert corpus_bleu(["the cat sat on the"], [reference]) == pytest.approx(100 * math.exp(-0.2))
-    # corpus level: n-gram counts are summed over replies before the ratio, not averaged
-    both = corpus_bleu(
-        [hypothesis, reference], [reference, reference]
-    )  # p_n = 12/13, 10/11, 8/9, 6/7
+    # corpus level: n-gram counts are summed over replies before the ratio, not averaged;
+    # p_n = 12/13, 10/11, 8/9, 6/7
+    both = corpus_bleu([hypothesis, reference], [reference, reference])
     assert both == pytest.approx(100 * (12 / 13 * 10 / 11 * 8 / 9 * 6 / 7) ** 0.25)
 
 
@@ -65,9 +65,8 @@ def test_score_replies_averages_per_reply_scores():
     assert scores["exact_match"] == 0.5
     # [paris] vs [capital, is, paris]: precision 1, recall 1/3; the second reply matches exactly
     assert scores["token_f1"] == pytest.approx((2 * 1 * (1 / 3) / (1 + 1 / 3) + 1) / 2)
-    assert scores["rouge_l"] == pytest.approx(
-        (2 * 1 * (1 / 4) / (1 + 1 / 4) + 1) / 2
-    )  # ROUGE keeps "the"
+    # ROUGE keeps "the"
+    assert scores["rouge_l"] == pytest.approx((2 * 1 * (1 / 4) / (1 + 1 / 4) + 1) / 2)
     assert score_replies([], []) == {}
     with pytest.raises(ValueError, match="1 predictions but 2 references"):
         score_replies(["a"], ["a", "b"])

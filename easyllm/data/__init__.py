@@ -1,7 +1,8 @@
 """Data: reading sources, normalizing row shapes, templates and label masking, batching."""
 
+from .conversation import Conversation
 from .encoding import IGNORE_INDEX, ChatEncoder, Encoded
-from .formats import ROW_FORMATS, Conversation, RowFormat, register_format
+from .formats import ROW_FORMATS, RowFormat, register_format
 from .loading import FILE_READERS, Record, read_source
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from transformers import PreTrainedTokenizerBase
 
-from .formats import Message
+from .conversation import Message
 
 ControlTokenPolicy = Literal["text", "reject", "allow"]
 CONTROL_TOKEN_POLICIES: tuple[str, ...] = get_args(ControlTokenPolicy)

@@ -30,14 +30,14 @@ from ..files import publish_new_folder
 from ..fingerprints import digest, tokenizer_fingerprint
 from ..modeling import easyllm_home
 from ..version import __version__
+from .conversation import Conversation
 from .encoding import ChatEncoder
-from .formats import Conversation
 
 Encoding = tuple[dict[str, list], dict[str, Any]]  # (columns, counts for the data report)
 
 
 def encoder_fingerprint(encoder: ChatEncoder) -> str:
-    """What the encoding depends on besides the rows (hashing a tokenizer takes ~0.4 s: do it once)."""
+    """What encoding depends on besides the rows (hashing a tokenizer takes ~0.4 s: do it once)."""
     return digest(
         {
             "easyllm": __version__,
@@ -50,7 +50,7 @@ def encoder_fingerprint(encoder: ChatEncoder) -> str:
 
 
 def encoding_key(conversations: Sequence[Conversation], encoder: str, **options: Any) -> str:
-    """A hash of the rows, the `encoder_fingerprint` and the options: all the encoded rows depend on."""
+    """A hash of all the encoded rows depend on: the rows, `encoder_fingerprint`, the options."""
     rows = hashlib.sha256()
     for conversation in conversations:
         rows.update(

@@ -1,9 +1,7 @@
 """Row shapes (alpaca, sharegpt, messages, prompt/completion, ...) normalized to one schema.
 
-A conversation is a list of messages `{"role": ..., "content": ...}` with roles system, user,
-assistant and tool, plus an optional `tools` list (the tool definitions the assistant may call).
-A message may carry `"train": False` to keep an assistant turn untrained; the replies inside a
-message-list `prompt` get it, because a prompt is context by definition.
+The schema, a `Conversation` of messages, and its checks live in conversation.py. The replies
+inside a message-list `prompt` get `"train": False`, because a prompt is context by definition.
 Each shape is one registration in `ROW_FORMATS`; detection tries them in registration order.
 Other column names go through `column_format({"prompt": "question", "completion": "answer"})`.
 Problems name a message by its position in the conversation, counting from 1.
@@ -18,11 +16,16 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .conversation import (
+    ROLES,  # noqa: F401 (serve.py reads it from here)
+    Conversation,
+    Message,
+    clean_message,
+    validate_conversation,
+)
 from .loading import Record
 from .rows import OnBadRows, ParsedRows, Reject, RowProblem, parse_rows
 
-Message = dict[str, Any]
-ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user",
     "gpt": "assistant",
@@ -141,14 +144,6 @@ def key_format(input_key: str, output_key: str) -> RowFormat:
     return RowFormat(name, fmt.required, fmt.to_messages, columns=fmt.columns)
 
 
-@dataclass
-class Conversation:
-    messages: list[Message]
-    origin: str
-    format: str
-    tools: list[dict[str, Any]] | None = None
-
-
 def convert_rows(
     records: Iterable[Record],
     row_format: RowFormat | None = None,
@@ -198,7 +193,7 @@ def convert_record(record: Record, row_format: RowFormat | None = None) -> Conve
             f"{sorted(record.row)}); check the column names passed for {fmt.name}",
         )
     row = fmt.canonical(record.row)
-    messages = [_clean_message(message, n) for n, message in enumerate(fmt.to_messages(row), 1)]
+    messages = [clean_message(message, n) for n, message in enumerate(fmt.to_messages(row), 1)]
     validate_conversation(messages)
     return Conversation(messages, record.origin, fmt.name, _tools(row))
 
@@ -220,68 +215,10 @@ def detect_format(row: Any) -> RowFormat:
     shapes = "; ".join(f"{f.name} {list(f.required)}" for f in ROW_FORMATS)
     raise RowProblem(
         "unknown row shape",
-        (
-            f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. For other column "
-            "names pass columns={'prompt': 'your_prompt_column', 'completion': 'your_reply_column'} "
-            "(or input_key=... and output_key=...) to load_data()"
-        ),
+        f"unrecognized row with keys {sorted(row)}. Known shapes: {shapes}. For other column "
+        "names pass columns={'prompt': 'your_prompt_column', "
+        "'completion': 'your_reply_column'} (or input_key=... and output_key=...) to load_data()",
     )
-
-
-# Which roles may come right before each role (None: the start of the conversation).
-_MAY_FOLLOW: dict[str, set[str | None]] = {
-    "system": {None},
-    "user": {None, "system", "assistant", "tool"},
-    "assistant": {None, "system", "user", "tool"},
-    "tool": {"assistant", "tool"},
-}
-_ORDER_FIX = {
-    "system": "only the first message may be a system message",
-    "user": "merge the two user messages or put the assistant reply between them",
-    "assistant": "merge the two replies or put the user message between them",
-    "tool": "a tool result must follow the assistant message that called the tool",
-}
-
-
-def validate_conversation(messages: list[Message]) -> None:
-    """Raise RowProblem naming the first thing that makes `messages` untrainable."""
-    if not messages:
-        raise RowProblem(
-            "empty conversation", "the conversation has no messages; add some or drop the row"
-        )
-    previous: str | None = None
-    for n, message in enumerate(messages, 1):
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise RowProblem(
-                "unknown role",
-                f"message {n} has unknown role {role!r}; use one of {', '.join(ROLES)}",
-            )
-        blank = isinstance(content, str) and not content.strip() and role != "system"
-        if content is None or blank:
-            raise RowProblem(
-                "empty message", f"message {n} ({role}) is empty; write its text or drop the row"
-            )
-        if not isinstance(content, str):
-            raise RowProblem(
-                "non-text content",
-                f"message {n} ({role}) content must be text, got "
-                f"{type(content).__name__}; convert it to a string or drop the row",
-            )
-        if previous not in _MAY_FOLLOW[role]:
-            raise RowProblem(
-                "roles out of order",
-                f"roles out of order: message {n} ({role}) "
-                f"{_position(role, previous)}; {_ORDER_FIX[role]}",
-            )
-        previous = role
-    if previous != "assistant":
-        raise RowProblem(
-            "no final reply",
-            "the conversation must end with an assistant reply to "
-            f"learn from, but message {len(messages)} is {_a(previous)} message; add "
-            "the reply or drop the row",
-        )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -329,7 +266,7 @@ def json_list(row: Mapping[str, Any], key: str, of: str) -> list[Any]:
 
 def _sharegpt_message(turn: Any, n: int) -> Any:
     if not isinstance(turn, Mapping) or "from" not in turn:
-        return _copy(turn)  # a {role, content} message, or one that _clean_message explains
+        return _copy(turn)  # a {role, content} message, or one that clean_message explains
     if turn["from"] not in SHAREGPT_ROLES:
         raise RowProblem(
             "unknown role",
@@ -366,39 +303,6 @@ def _tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
             "{'name': ..., 'description': ..., 'parameters': {...}}",
         )
     return [dict(tool) for tool in tools]
-
-
-def _clean_message(message: Any, n: int) -> Message:
-    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-        raise RowProblem(
-            "missing role or content",
-            f"message {n} needs 'role' and 'content', "
-            f"got {str(message)[:80]}; add them or drop the row",
-        )
-    content = message["content"]
-    if isinstance(content, list):  # OpenAI-style content parts
-        other = [p for p in content if not (isinstance(p, Mapping) and p.get("type") == "text")]
-        if other:
-            raise RowProblem(
-                "non-text content",
-                f"message {n} ({message['role']}) has a non-text "
-                f"part {str(other[0])[:60]}; only {{'type': 'text', 'text': ...}} "
-                "parts can be trained: drop the others or the row",
-            )
-        content = "".join(str(part.get("text", "")) for part in content)
-    return {**message, "content": content}
-
-
-def _a(word: str | None) -> str:
-    return f"{'an' if word == 'assistant' else 'a'} {word}"
-
-
-def _position(role: str, previous: str | None) -> str:
-    if previous is None:
-        return "comes first"
-    if previous == role:
-        return f"follows another {role} message"
-    return f"follows {_a(previous)} message"
 
 
 def _not_an_object(row: Any) -> RowProblem:

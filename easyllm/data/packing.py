@@ -65,9 +65,8 @@ class PackedCollator:
 
     pad_token_id: int
     max_length: int
-    one_row: bool = (
-        False  # the whole batch in one row: for per-example attention (see attention.py)
-    )
+    # The whole batch in one row: for per-example attention (see attention.py).
+    one_row: bool = False
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.one_row:

@@ -25,9 +25,8 @@ class DataOptions:
     on_bad_rows: OnBadRows = "raise"
     train_on: TrainOn = "assistant"
     on_control_tokens: ControlTokenPolicy = "text"
-    keep_references: bool = (
-        False  # generative tasks: the train split, too, keeps prompts and reference replies
-    )
+    # Generative tasks: the train split, too, keeps prompts and reference replies.
+    keep_references: bool = False
 
 
 @dataclass
@@ -122,6 +121,7 @@ class PreparedData:
     train: Dataset
     validation: Dataset | None
     report: DataReport
-    max_length: int = 1024  # the longest an example may be (data/truncation.py cuts to it); packed rows hold this many
+    # The longest an example may be (data/truncation.py cuts to it); packed rows hold this many.
+    max_length: int = 1024
     rejects: list[Reject] = field(default_factory=list)  # rows skipped with on_bad_rows="skip"
     longest_example: int = 0  # tokens in the longest training example: bounds a step's activations

@@ -1,4 +1,4 @@
-"""The one bad-row policy: rows that cannot be used are named by file:line, raised together or skipped.
+"""The one bad-row policy: unusable rows are named by file:line, raised together or skipped.
 
 Every task parses its rows through `parse_rows`: a row that raises `RowProblem` becomes a
 `Reject`; with `on_bad_rows="raise"` one DataError lists them all with the fix, with "skip"
@@ -50,7 +50,7 @@ class Reject:
 
 @dataclass
 class ParsedRows(Generic[T]):
-    """What `parse_rows` made of the records: the usable rows, the rejected ones, where they came from."""
+    """What `parse_rows` made of the records: usable rows, rejected ones, where they came from."""
 
     rows: list[T] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
@@ -74,7 +74,7 @@ class ParsedRows(Generic[T]):
         return f"{len(self.sources)} files ({', '.join(self.sources[:3])}{more})"
 
     def summary(self) -> str:
-        """E.g. "skipped 3 of 100 rows: 2 roles out of order, 1 unreadable row" ("" when none was)."""
+        """E.g. "skipped 3 of 100 rows: 2 roles out of order, 1 unreadable row" ("" if none)."""
         if not self.rejects:
             return ""
         kinds = Counter(reject.kind for reject in self.rejects)

@@ -73,7 +73,7 @@ def resolve_template(
     template: str | None = None,
     model_type: str | None = None,
 ) -> ResolvedTemplate:
-    """Pick the chat template: `template=` (a name or Jinja), the tokenizer's own, the family's, `plain`.
+    """Pick the chat template: `template=` (name or Jinja), the tokenizer's, the family's, `plain`.
 
     Raises UnknownNameError, listing the registered names, for a `template` that is neither.
     """
@@ -105,7 +105,8 @@ def resolve_template(
     return ResolvedTemplate(
         "plain",
         TEMPLATES.get("plain").source,
-        f"the 'plain' instruction/response template: the tokenizer has no chat template and {family}",
+        "the 'plain' instruction/response template: the tokenizer has no chat template and "
+        f"{family}",
     )
 
 

@@ -41,7 +41,7 @@ def fit_conversation(
     max_length: int,
     tools: list[dict] | None = None,
 ) -> Encoded | None:
-    """Shorten a conversation to `max_length` tokens, at turn boundaries where possible (OLDEST_TURNS).
+    """Shorten a conversation to `max_length` tokens, at turn boundaries if it can (OLDEST_TURNS).
 
     Keeps the system prompt and the latest turns: drops the oldest exchanges (each starting at
     a user message) until the rest fits. If even the last exchange is too long, its tokens are
@@ -74,7 +74,7 @@ def fits(lengths: list[int], max_length: int) -> bool:
 def text_limit(
     tokenizer: PreTrainedTokenizerBase, max_length: int, model_config: Any = None
 ) -> int:
-    """The length TEXT_END cuts at: `max_length`, capped by what the tokenizer and the model allow."""
+    """The length TEXT_END cuts at: `max_length`, capped by what the tokenizer and model allow."""
     positions = getattr(model_config, "max_position_embeddings", None)
     known = [
         limit

@@ -10,7 +10,8 @@ from ..data.loading import read_source
 from ..data.prepared import DataOptions
 from ..errors import UsageError
 from ..methods import has_adapter
-from .evaluation import Answerer, EvalResult, Reference, compare_replies
+from ..train.distributed import is_main_process
+from .evaluation import EVALUATION_FILE, Answerer, EvalResult, Reference, compare_replies
 
 if TYPE_CHECKING:
     from ..runner import ModelRunner
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def references(task: Task, dataset: Dataset, max_samples: int | None) -> list[Reference]:
-    """The first `max_samples` held-out prompts and reference replies (None: all); [] if the task has none."""
+    """The first `max_samples` held-out prompts and reference replies (None: all), else []."""
     if not task.capabilities.references:
         return []
     if max_samples is not None and max_samples < 1:
@@ -37,9 +38,10 @@ def comparison(runner: ModelRunner, compare: Any, generate: bool) -> Answerer | 
     if compare is True:
         if not has_adapter(runner.model):
             raise UsageError(
-                "compare=True compares the fine-tuned model with its base by turning the adapter off, but "
-                f"this model has no adapter (method='{runner.settings.method}', or not trained yet). Pass "
-                "compare=ModelRunner(<base model>) to compare with another model."
+                "compare=True compares the fine-tuned model with its base by turning the adapter "
+                f"off, but this model has no adapter (method='{runner.settings.method}', or not "
+                "trained yet). Pass compare=ModelRunner(<base model>) to compare with another "
+                "model."
             )
         return Answerer(
             "base (adapter off)", runner.model, runner.encoder, runner.model.disable_adapter
@@ -65,8 +67,7 @@ def comparison(runner: ModelRunner, compare: Any, generate: bool) -> Answerer | 
 
 def evaluate_runner(
     runner: ModelRunner,
-    dataset: Dataset,
-    described: str,
+    data: Any,
     *,
     batch_size: int,
     max_samples: int | None,
@@ -74,19 +75,23 @@ def evaluate_runner(
     generate: bool,
     compare: Any,
 ) -> EvalResult:
-    """`ModelRunner.evaluate`'s metrics: the task's own, then generated replies scored (and compared)."""
+    """`ModelRunner.evaluate`: the task's metrics, then generated replies scored (and compared).
+
+    With a run folder, the result is also written to its evaluation.json.
+    """
+    dataset, described = eval_dataset(runner, data)
     model = runner._require_model()
     other = comparison(runner, compare, generate)
     prefix = "" if other is None else "base_" if compare is True else "compare_"
-    metrics = runner._task_metrics(model, dataset, batch_size)
+    metrics = task_metrics(runner, model, dataset, batch_size)
     result = EvalResult(
         metrics, data=described, compared_with=other.label if other else None, prefix=prefix
     )
-    if compare is True:  # the same weights and tokens with the adapter off: its loss means the same
+    # the same weights and tokens with the adapter off: its loss means the same
+    if compare is True:
         with other.context():
-            result.update(
-                {prefix + k: v for k, v in runner._task_metrics(model, dataset, batch_size).items()}
-            )
+            base = task_metrics(runner, model, dataset, batch_size)
+            result.update({prefix + k: v for k, v in base.items()})
     held_out = references(runner.task, dataset, max_samples) if generate else []
     if held_out:
         metrics, result.samples = compare_replies(
@@ -98,11 +103,19 @@ def evaluate_runner(
             batch_size=batch_size,
         )
         result.update(metrics)
+    if runner.run_dir is not None and is_main_process():
+        result.save(runner.run_dir / EVALUATION_FILE)
     return result
 
 
+def task_metrics(runner: ModelRunner, model, dataset: Dataset, batch_size: int) -> dict[str, float]:
+    """The task's own metrics of `model` on encoded rows, cut at the length it was trained at."""
+    max_length = runner.data_options.max_length
+    return runner.task.evaluate(model, runner.tokenizer, dataset, batch_size, max_length)
+
+
 def eval_dataset(runner: ModelRunner, data: Any) -> tuple[Dataset, str]:
-    """The encoded rows `evaluate()` scores, and where they came from (cut as the training data was)."""
+    """The encoded rows `evaluate()` scores and where they came from (cut as training data was)."""
     if data is not None:
         options = DataOptions(
             val_size=0,

@@ -66,8 +66,8 @@ class Reference(NamedTuple):
 class Answerer:
     """A model that answers prompts: its weights, its template, and a context it must run in.
 
-    The base of a LoRA model is the same object with the adapter off (`context=model.disable_adapter`):
-    no second copy of the weights.
+    The base of a LoRA model is the same object with the adapter off
+    (`context=model.disable_adapter`): no second copy of the weights.
     """
 
     label: str  # shown in tables and progress bars
@@ -78,7 +78,7 @@ class Answerer:
 
 @dataclass(frozen=True)
 class Sample:
-    """One held-out prompt side by side: the reference, the model's reply and, when compared, the other's."""
+    """One held-out prompt side by side: the reference, the model's reply, the compared one's."""
 
     prompt: list[Message]
     reference: str
@@ -92,7 +92,7 @@ MIN_NEW_TOKENS = 256  # a chat model's long but finished answer must not count a
 
 
 def default_max_new_tokens(references: Sequence[Reference], tokenizer) -> int:
-    """256 tokens, or twice the longest reference reply plus 16 if that is more: room for any finished answer."""
+    """256 tokens, or twice the longest reference plus 16 if more: room for any finished answer."""
     return max(
         MIN_NEW_TOKENS,
         2 * max(_token_counts(tokenizer, [r.reply for r in references]), default=0) + 16,
@@ -102,7 +102,7 @@ def default_max_new_tokens(references: Sequence[Reference], tokenizer) -> int:
 def answer(
     answerer: Answerer, references: Sequence[Reference], *, max_new_tokens: int, batch_size: int
 ) -> list[Reply]:
-    """Greedy replies to each prompt, `batch_size` at a time, with a progress bar in terminals and notebooks."""
+    """Greedy replies to each prompt, `batch_size` at a time, with a progress bar."""
     from tqdm.auto import tqdm
 
     prompts = [reference.prompt for reference in references]
@@ -129,9 +129,10 @@ def answer(
 def reply_metrics(
     replies: Sequence[Reply], references: Sequence[Reference], tokenizer
 ) -> dict[str, float]:
-    """Scores against the references, the runaway rate, and mean lengths in tokens (end-of-turn not counted).
+    """Scores against the references, the runaway rate, and mean lengths in tokens.
 
-    A reply's length is what the model produced; a reference's, its text in `tokenizer` (the answering model's).
+    A reply's length is what the model produced (end-of-turn not counted); a reference's, its text
+    in `tokenizer` (the answering model's).
     """
     wanted = [reference.reply for reference in references]
     produced = [reply.generated_tokens - (reply.finish_reason == "stop") for reply in replies]
@@ -153,9 +154,9 @@ def compare_replies(
     max_new_tokens: int | None = None,
     batch_size: int = 8,
 ) -> tuple[dict[str, float], list[Sample]]:
-    """Both models answer the same prompts: the metrics of each (the other's under `prefix`) and the samples.
+    """Both models answer the same prompts: the metrics (the other's under `prefix`) and samples.
 
-    `max_new_tokens` None: `default_max_new_tokens` (in `own`'s tokens), the same limit for both models.
+    `max_new_tokens` None: `default_max_new_tokens` (in `own`'s tokens), one limit for both models.
     """
     tokenizer = own.encoder.tokenizer
     limit = (

@@ -63,7 +63,7 @@ def generate_batch(
     batch_size: int = 16,
     **sampling: Any,
 ) -> list[Reply]:
-    """Reply to each conversation, `batch_size` left-padded prompts at a time, stopping at end-of-turn.
+    """Reply to each conversation, `batch_size` left-padded prompts at a time, until end-of-turn.
 
     A reply that used all `max_new_tokens` without an end-of-turn token or stop string is
     marked finish_reason="length": it was cut off, not finished.
@@ -117,6 +117,32 @@ def _generate_one_batch(
         stopped = ended is not None or any(marker in raw for marker in stop or ())
         replies.append(Reply(text, "stop" if stopped else "length", len(produced)))
     return replies
+
+
+def reply_to(
+    model,
+    encoder: ChatEncoder,
+    prompt: str | list[Message] | list[str],
+    *,
+    max_new_tokens: int,
+    system: str | None,
+    stop: list[str] | None,
+    batch_size: int,
+    return_details: bool,
+    **sampling: Any,
+) -> str | Reply | list[str] | list[Reply]:
+    """`ModelRunner.generate`: a str or a message list gets one answer, a list of str a list."""
+    single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], dict))
+    prompts = [prompt] if single else list(prompt)
+    if not prompts:
+        return []
+    conversations = [as_conversation(p, system) for p in prompts]
+    replies = generate_batch(
+        model, encoder, conversations, max_new_tokens, stop, batch_size=batch_size, **sampling
+    )
+    if not return_details:
+        replies = [reply.text for reply in replies]
+    return replies[0] if single else replies
 
 
 def as_conversation(prompt: str | list[Message], system: str | None = None) -> list[Message]:

@@ -1,10 +1,11 @@
-"""Classification metrics as small pure functions: accuracy, per-class precision/recall/F1, macro-F1.
+"""Classification metrics as small pure functions: accuracy, per-class P/R/F1, macro-F1.
 
 No scikit-learn needed (it is not a dependency); the conventions follow it: a class never
 predicted has precision 0, one never seen has recall 0, and macro-F1 averages the classes that
 occur in the true or the predicted labels (a class absent from both says nothing about the model).
 
->>> report = ClassificationReport.from_predictions(["a", "a", "b"], ["a", "b", "b"], labels=["a", "b"])
+>>> truth, predicted = ["a", "a", "b"], ["a", "b", "b"]
+>>> report = ClassificationReport.from_predictions(truth, predicted, labels=["a", "b"])
 >>> report.accuracy, report.macro_f1
 (0.6666666666666666, 0.6666666666666666)
 >>> report.as_metrics()["confusion/a/b"]  # one true "a" predicted as "b"
@@ -126,7 +127,7 @@ class ClassificationReport:
         return [sum(row) for row in self.matrix]
 
     def as_metrics(self) -> dict[str, float]:
-        """Flat keys: accuracy, macro_f1, precision|recall|f1|support/<label>, confusion/<true>/<pred>."""
+        """Flat keys: accuracy, macro_f1, precision|recall|f1|support/<label>, confusion/<t>/<p>."""
         precision, recall, f1 = precision_recall_f1(self.matrix)
         metrics: dict[str, float] = {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
         for i, label in enumerate(self.labels):

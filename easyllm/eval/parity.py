@@ -6,9 +6,10 @@ base, a wrong scale or a lossy merge shows up here before the model is shipped. 
 trained on a 4-bit base (QLoRA) is merged into full-precision weights, which the adapter never
 saw: small differences are then the base's quantization error, and the report says so.
 
->>> report = merge_parity(runner.model, merged, runner.encoder, parity_prompts(runner.encoder))  # doctest: +SKIP
->>> print(report.summary)                                                                         # doctest: +SKIP
-merge parity: 4 of 4 prompts give the same greedy tokens (100.0% of tokens), log-prob drift max 3.1e-07 ...
+>>> prompts = parity_prompts(runner.encoder)  # doctest: +SKIP
+>>> report = merge_parity(runner.model, merged, runner.encoder, prompts)  # doctest: +SKIP
+>>> print(report.summary)  # doctest: +SKIP
+merge parity: 4 of 4 prompts give the same greedy tokens (100.0% of tokens), log-prob drift ...
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class ParityReport:
         same = round(self.identical * self.prompts)
         line = (
             f"merge parity: {same} of {self.prompts} prompts give the same greedy tokens "
-            f"({self.token_agreement:.1%} of tokens), log-prob drift max {self.max_logprob_drift:.2g}, "
-            f"mean {self.mean_logprob_drift:.2g}"
+            f"({self.token_agreement:.1%} of tokens), "
+            f"log-prob drift max {self.max_logprob_drift:.2g}, mean {self.mean_logprob_drift:.2g}"
         )
         if self.ok:
             return line + ": the merged model answers like the adapter."
@@ -98,7 +99,8 @@ class ParityReport:
         for number, detail in enumerate(self.details, 1):
             if not detail.same_tokens:
                 lines.append(
-                    f"  prompt {number}: adapter {detail.adapter_reply!r}, merged {detail.merged_reply!r}"
+                    f"  prompt {number}: adapter {detail.adapter_reply!r}, "
+                    f"merged {detail.merged_reply!r}"
                 )
         return "\n".join(lines)
 
@@ -106,7 +108,10 @@ class ParityReport:
 def parity_prompts(
     encoder: ChatEncoder, validation: Dataset | None = None, limit: int = 4
 ) -> list[list[int]]:
-    """Prompt ids to compare on: the first `limit` held-out examples cut before their first reply, else probes."""
+    """Prompt ids to compare on: the first `limit` held-out examples, cut before their first reply.
+
+    Without held-out rows (or with none that has a reply), the first `limit` PROBE_PROMPTS.
+    """
     prompts = []
     if validation is not None and {"input_ids", "labels"} <= set(validation.column_names):
         for row in validation.select(range(min(limit, len(validation)))):
@@ -144,30 +149,15 @@ def merge_parity(
     for model, _ in modes:
         model.eval()
     try:
-        details, drifts = [], []
-        for prompt in prompts:
-            adapter_reply = _greedy(adapter_model, prompt, config)
-            merged_reply = _greedy(merged_model, prompt, config)
-            sequence = prompt + adapter_reply
-            drift = (
-                _chosen_logprobs(adapter_model, sequence, len(prompt))
-                - _chosen_logprobs(merged_model, sequence, len(prompt))
-            ).abs()
-            drifts.append(drift)
-            details.append(
-                PromptParity(
-                    adapter_reply=encoder.tokenizer.decode(adapter_reply),
-                    merged_reply=encoder.tokenizer.decode(merged_reply),
-                    same_tokens=adapter_reply == merged_reply,
-                    agreeing_tokens=sum(a == b for a, b in zip(adapter_reply, merged_reply)),
-                    compared_tokens=max(len(adapter_reply), len(merged_reply)),
-                    max_logprob_drift=float(drift.max()) if drift.numel() else 0.0,
-                )
-            )
+        compared = [
+            _prompt_parity(adapter_model, merged_model, encoder, prompt, config)
+            for prompt in prompts
+        ]
     finally:
         for model, training in modes:
             model.train(training)
-    every = torch.cat(drifts)
+    details = [detail for detail, _ in compared]
+    every = torch.cat([drift for _, drift in compared])
     base = without_adapter(adapter_model)
     return ParityReport(
         prompts=len(details),
@@ -180,6 +170,28 @@ def merge_parity(
         tolerance=tolerance,
         details=details,
     )
+
+
+def _prompt_parity(
+    adapter_model, merged_model, encoder: ChatEncoder, prompt: list[int], config: GenerationConfig
+) -> tuple[PromptParity, torch.Tensor]:
+    """Both models' greedy replies to `prompt`, and the drift on each token the adapter chose."""
+    adapter_reply = _greedy(adapter_model, prompt, config)
+    merged_reply = _greedy(merged_model, prompt, config)
+    sequence = prompt + adapter_reply
+    drift = (
+        _chosen_logprobs(adapter_model, sequence, len(prompt))
+        - _chosen_logprobs(merged_model, sequence, len(prompt))
+    ).abs()
+    detail = PromptParity(
+        adapter_reply=encoder.tokenizer.decode(adapter_reply),
+        merged_reply=encoder.tokenizer.decode(merged_reply),
+        same_tokens=adapter_reply == merged_reply,
+        agreeing_tokens=sum(a == b for a, b in zip(adapter_reply, merged_reply)),
+        compared_tokens=max(len(adapter_reply), len(merged_reply)),
+        max_logprob_drift=float(drift.max()) if drift.numel() else 0.0,
+    )
+    return detail, drift
 
 
 def _device(model) -> torch.device:
@@ -197,9 +209,8 @@ def _greedy(model, prompt: list[int], config: GenerationConfig) -> list[int]:
 def _chosen_logprobs(model, sequence: list[int], prompt_length: int) -> torch.Tensor:
     """Log-probability the model gives each token after the prompt (float32, on the CPU)."""
     ids = torch.tensor([sequence], device=_device(model))
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[
-        0, prompt_length - 1 : -1
-    ]
+    output = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    logits = output.logits[0, prompt_length - 1 : -1]
     chosen = ids[0, prompt_length:]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, chosen[:, None])[:, 0].cpu()
 
@@ -211,7 +222,7 @@ def check_merge_parity(
     data: Any = None,
     prompt_ids: list[list[int]] | None = None,
 ) -> ParityReport:
-    """`merge_parity` on `prompt_ids`, else on held-out prompts of `data` (PreparedData), else probes; printed."""
+    """`merge_parity` (printed) on `prompt_ids`, else held-out prompts of `data`, else probes."""
     if not prompt_ids:
         prompt_ids = parity_prompts(encoder, data.validation if data is not None else None)
     report = merge_parity(adapter_model, merged_model, encoder, prompt_ids)

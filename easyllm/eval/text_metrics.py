@@ -22,7 +22,7 @@ _WORDS = re.compile(r"\w+")
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lowercase, drop ASCII punctuation and the articles a/an/the, squash spaces.
+    """SQuAD's normalisation: lowercase, drop ASCII punctuation and a/an/the, squash spaces.
 
     >>> normalize_answer("The  Cat, sat!")
     'cat sat'
@@ -40,7 +40,7 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """Harmonic mean of word precision and recall after `normalize_answer` (words counted with repeats).
+    """Harmonic mean of word precision and recall after `normalize_answer` (repeats counted).
 
     Two empty texts score 1.0, one empty text 0.0 (as in SQuAD).
 
@@ -77,7 +77,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """sacrebleu's corpus BLEU (0-100; one reference each, 13a tokenization, exponential smoothing)."""
+    """sacrebleu's corpus BLEU (0-100; one reference each, 13a tokenization, exp smoothing)."""
     from sacrebleu.metrics import BLEU
 
     return BLEU().corpus_score(list(predictions), [list(references)]).score

@@ -1,4 +1,4 @@
-"""A fingerprint of how a tokenizer renders chats, so an adapter is never used with another rendering.
+"""A fingerprint of how a tokenizer renders chats: an adapter is never used with another rendering.
 
 An adapter learnt the exact tokens its chat template produced. The same adapter on a tokenizer
 that renders differently (another template, other special tokens or ids, a tokenizers version
@@ -41,7 +41,7 @@ class TemplateDriftWarning(UserWarning):
 
 
 def template_fingerprint(tokenizer) -> dict[str, Any]:
-    """What decides the tokens a chat becomes, as a JSON-serialisable dict with a `digest` of it all.
+    """What decides the tokens a chat becomes, as a JSON-serialisable dict with a `digest` of all.
 
     The readable parts (probe rendering, special tokens, generation prompt) are kept so that a
     mismatch can be explained, not only detected.
@@ -57,22 +57,18 @@ def template_fingerprint(tokenizer) -> dict[str, Any]:
 
 
 def template_differences(saved: Mapping[str, Any], tokenizer) -> list[str]:
-    """What renders differently now than in `saved` (a template_fingerprint), one readable line each."""
+    """What renders differently now than in `saved` (a template_fingerprint), one line each."""
     now = template_fingerprint(tokenizer)
     if saved.get("digest") == now["digest"]:
         return []
     differences = []
     renders_alike = all(saved.get(key) == now[key] for key in ("probe_text", "prompt_text"))
     if saved.get("template") != now["template"]:
-        differences.append(
-            "the chat template text differs"
-            + (
-                " (the probe conversations render the same: the difference is in a path they do not take, "
-                "such as tools)"
-                if renders_alike
-                else ""
-            )
+        untaken = (
+            " (the probe conversations render the same: the difference is in a path they do not "
+            "take, such as tools)"
         )
+        differences.append("the chat template text differs" + (untaken if renders_alike else ""))
     differences += _token_differences(saved, now)
     if saved.get("generation_prompt") != now["generation_prompt"]:
         differences.append(
@@ -92,9 +88,8 @@ def template_differences(saved: Mapping[str, Any], tokenizer) -> list[str]:
         saved.get("probe_ids") != now["probe_ids"] or saved.get("prompt_ids") != now["prompt_ids"]
     ):
         differences.append(_ids_difference(saved, now, tokenizer))
-    if (
-        not differences
-    ):  # same readable parts, other digest: a fingerprint of another version or edited
+    # same readable parts, other digest: a fingerprint of another version or edited
+    if not differences:
         differences.append(
             f"the fingerprint differs ({saved.get('digest')} then, {now['digest']} now)"
         )
@@ -115,13 +110,14 @@ def check_template(
     if not differences:
         return []
     message = (
-        f"{source}: this tokenizer renders chats differently from the one the model was trained with:\n  - "
+        f"{source}: this tokenizer renders chats differently from the one the model was trained "
+        "with:\n  - "
         + "\n  - ".join(differences)
-        + "\nThe model would see prompts unlike those it learnt from, and answer worse. Use the tokenizer "
-        f"saved with it (ModelRunner.load({source!r}) without template=, or "
-        f"AutoTokenizer.from_pretrained({source!r})), or train again with this tokenizer. If it is the saved "
-        "tokenizer, this transformers/tokenizers version renders it differently: install the versions the "
-        "run used (reproduce.json in its run folder lists them)."
+        + "\nThe model would see prompts unlike those it learnt from, and answer worse. Use the "
+        f"tokenizer saved with it (ModelRunner.load({source!r}) without template=, or "
+        f"AutoTokenizer.from_pretrained({source!r})), or train again with this tokenizer. If it is "
+        "the saved tokenizer, this transformers/tokenizers version renders it differently: install "
+        "the versions the run used (reproduce.json in its run folder lists them)."
     )
     if strict:
         raise ConfigError(message + " Pass strict=False to load it anyway (with a warning).")
@@ -164,7 +160,8 @@ def _renderings(tokenizer, source: str | None) -> dict[str, Any]:
     """The probe rendered for training, and a question rendered as generate() prompts it.
 
     The question has no system message, so a template's default one shows. Templates that refuse
-    a system message get the probe without it; one that renders no chat leaves the text alone compared.
+    a system message get the probe without it; one that renders no chat leaves only the text
+    to compare.
     """
     for probe in (PROBE, PROBE[1:]) if source is not None else ():
         question = [m for m in probe[:-1] if m["role"] != "system"]
@@ -204,7 +201,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def _generation_prompt(history: str, prompt: str, question: str) -> str:
-    """What add_generation_prompt adds; where it also changes the end of history, all after the question."""
+    """What add_generation_prompt adds (all after the question, if it also changes the history)."""
     if prompt.startswith(history):
         return prompt[len(history) :]
     return prompt[prompt.rfind(question) + len(question) :]
@@ -216,9 +213,8 @@ def _token_differences(saved: Mapping[str, Any], now: dict[str, Any]) -> list[st
     then_roles, now_roles = saved.get("special_tokens", {}), now["special_tokens"]
     for role in sorted(set(then_roles) | set(now_roles)):
         if then_roles.get(role) != now_roles.get(role):
-            lines.append(
-                f"{role}: {then_roles.get(role, '(none)')!r} then, {now_roles.get(role, '(none)')!r} now"
-            )
+            then_token, now_token = then_roles.get(role, "(none)"), now_roles.get(role, "(none)")
+            lines.append(f"{role}: {then_token!r} then, {now_token!r} now")
     then_ids, now_ids = saved.get("special_ids", {}), now["special_ids"]
     for token in sorted(set(then_ids) & set(now_ids)):
         if then_ids[token] != now_ids[token]:
@@ -247,6 +243,7 @@ def _ids_difference(saved: Mapping[str, Any], now: dict[str, Any], tokenizer) ->
     )
     shown = tokenizer.convert_ids_to_tokens(now_ids[first : first + 4])
     return (
-        f"the same rendered text becomes other token ids (normalisation or vocabulary), from token {first}: "
-        f"{then_ids[first : first + 4]} then, {now_ids[first : first + 4]} {shown} now"
+        "the same rendered text becomes other token ids (normalisation or vocabulary), "
+        f"from token {first}: {then_ids[first : first + 4]} then, "
+        f"{now_ids[first : first + 4]} {shown} now"
     )

@@ -60,8 +60,8 @@ class SaveInfo:
         path = Path(folder) / SAVE_INFO_FILE
         if not path.is_file():
             raise ModelLoadError(
-                f"{folder} is not an easyllm save ({SAVE_INFO_FILE} is missing). To start from a plain "
-                f"model folder use ModelRunner('{folder}')."
+                f"{folder} is not an easyllm save ({SAVE_INFO_FILE} is missing). To start from a "
+                f"plain model folder use ModelRunner('{folder}')."
             )
         saved = json.loads(path.read_text())
         known = {key: saved[key] for key in cls.__dataclass_fields__ if key in saved}
@@ -120,7 +120,7 @@ def save_merged_folder(
     tokenizer: PreTrainedTokenizerBase,
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """A plain transformers folder: merged weights and tokenizer (and what `extra` writes, e.g. parity.json)."""
+    """A plain transformers folder: merged weights, tokenizer, what `extra` writes (parity.json)."""
     target = Path(target)
     with staged_folder(target, prefix=".merging-") as staging:
         if extra is not None:

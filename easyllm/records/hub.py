@@ -1,4 +1,4 @@
-"""Publish a saved folder on the Hugging Face Hub (what is in it is records/folder.py's business)."""
+"""Publish a saved folder on the Hugging Face Hub (what it holds is records/folder.py's job)."""
 
 from __future__ import annotations
 

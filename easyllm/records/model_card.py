@@ -31,22 +31,12 @@ def model_card(
     repo_id: str | None = None,
     has_loss_plot: bool = False,
 ) -> str:
-    """Markdown with YAML metadata that the Hugging Face Hub reads (base_model, library_name, tags)."""
+    """Markdown with YAML metadata the Hugging Face Hub reads (base_model, library_name, tags)."""
     base = public_model_name(info["base_model"]) if info.get("base_model") else None
-    meta: dict[str, Any] = {
-        "library_name": "peft" if info.get("adapter") else "transformers",
-        "tags": ["easyllm", info["task"], info["method"]],
-        "license": settings.get("license") or "other",
-    }
-    if base:
-        meta["base_model"] = base
-    if settings.get("datasets"):
-        meta["datasets"] = list(settings["datasets"])
-    name = repo_id or "this model"
     shown = {k: v for k, v in settings.items() if k in _SETTINGS_SHOWN + _TRAINER_SHOWN}
     lines = [
         "---",
-        yaml.safe_dump(meta, sort_keys=True).strip(),
+        yaml.safe_dump(_metadata(info, settings, base), sort_keys=True).strip(),
         "---",
         "",
         f"# {repo_id or 'Fine-tuned model'}",
@@ -60,44 +50,71 @@ def model_card(
         "",
     ]
     if metrics:
-        lines += [
-            "## Results",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            *[
-                f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                for k, v in metrics.items()
-            ],
-            "",
-        ]
+        lines += _results(metrics)
     if has_loss_plot:
         lines += ["![loss curve](loss.png)", ""]
-    lines += [
+    lines += _usage(repo_id, with_peft=bool(info.get("adapter") and base))
+    return "\n".join(lines)
+
+
+def _metadata(info: dict[str, Any], settings: dict[str, Any], base: str | None) -> dict[str, Any]:
+    """The card's YAML header: what the Hub shows and filters by."""
+    meta: dict[str, Any] = {
+        "library_name": "peft" if info.get("adapter") else "transformers",
+        "tags": ["easyllm", info["task"], info["method"]],
+        "license": settings.get("license") or "other",
+    }
+    if base:
+        meta["base_model"] = base
+    if settings.get("datasets"):
+        meta["datasets"] = list(settings["datasets"])
+    return meta
+
+
+def _results(metrics: dict[str, Any]) -> list[str]:
+    """The metrics as a Markdown table, floats to 4 significant digits."""
+    return [
+        "## Results",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[
+            f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in metrics.items()
+        ],
+        "",
+    ]
+
+
+def _usage(repo_id: str | None, *, with_peft: bool) -> list[str]:
+    """How to load the model: with easyllm, and (for an adapter of a known base) with peft."""
+    folder = repo_id or "./this-folder"
+    name = repo_id or "this model"
+    lines = [
         "## Usage",
         "",
         "With easyllm:",
         "",
         "```python",
         "from easyllm import ModelRunner",
-        f"runner = ModelRunner.load({repo_id or './this-folder'!r})  # a local folder or a download of {name}",
+        f"runner = ModelRunner.load({folder!r})  # a local folder or a download of {name}",
         'print(runner.generate("Hello!"))',
         "```",
         "",
     ]
-    if info.get("adapter") and base:
+    if with_peft:
         lines += [
             "With transformers and peft:",
             "",
             "```python",
             "from peft import AutoPeftModelForCausalLM",
             "from transformers import AutoTokenizer",
-            f"model = AutoPeftModelForCausalLM.from_pretrained({repo_id or './this-folder'!r})",
-            f"tokenizer = AutoTokenizer.from_pretrained({repo_id or './this-folder'!r})",
+            f"model = AutoPeftModelForCausalLM.from_pretrained({folder!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
             "```",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 def write_model_card(folder: Path, text: str) -> None:

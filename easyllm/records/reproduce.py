@@ -78,11 +78,12 @@ def reproduction_record(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> dict[str, Any]:
-    """Everything that decides a run, as a JSON-serialisable dict (see `write_reproduction_record`)."""
+    """Everything that decides a run, as a JSON-serialisable dict (`write_reproduction_record`)."""
     chosen = {**{k: getattr(settings, k) for k in SETTINGS_FIELDS}, **settings.trainer_args}
     manifest = manifest or {}  # train()'s resume manifest: its fingerprints are not computed again
     fingerprints = manifest.get("fingerprints") or {}
     template_arg = _template_argument(template)
+    arguments = training_arguments.to_dict() if training_arguments is not None else None
     record: dict[str, Any] = {
         "easyllm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -98,23 +99,14 @@ def reproduction_record(
         "method": settings.method,
         "seed": seed,
         "settings": json.loads(json.dumps(chosen, default=str)),
-        "training_arguments": training_arguments.to_dict()
-        if training_arguments is not None
-        else None,
+        "training_arguments": arguments,
         "data": _data_record(data, data_path, data_options, manifest.get("train_fingerprint")),
         "tokenizer": {
             "class": type(tokenizer).__name__,
             "size": len(tokenizer),
             "fingerprint": fingerprints.get("tokenizer") or tokenizer_fingerprint(tokenizer),
         },
-        "template": None
-        if template is None
-        else {
-            "name": template.name,
-            "reason": template.reason,
-            "fingerprint": digest(template.source),
-            "rendering": template_fingerprint(tokenizer),
-        },
+        "template": _template_record(template, tokenizer),
         "fingerprints": fingerprints or None,  # what train(resume=True) checks
     }
     record["reproduce"] = rerun_snippet(
@@ -124,13 +116,13 @@ def reproduction_record(
 
 
 def write_reproduction_record(folder: str | os.PathLike, **details: Any) -> Path:
-    """Write reproduce.json into `folder` (whole or not at all); `details` as for `reproduction_record`."""
+    """Write reproduce.json into `folder`, whole or not at all (`details`: reproduction_record)."""
     text = redact(json.dumps(reproduction_record(**details), indent=2, default=str) + "\n")
     return write_text_atomic(Path(folder) / REPRODUCE_FILE, text)
 
 
 def cached_revision(source: str) -> str | None:
-    """The commit of a hub model as the local Hugging Face cache holds it; None for a local folder."""
+    """The commit of a hub model as the local Hugging Face cache holds it; None for a folder."""
     if Path(source).is_dir():
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -198,7 +190,7 @@ def rerun_snippet(
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with the values of --token/--key/... options and anything token-like hidden."""
+    """The command line, with the values of --token/--key/... and anything token-like hidden."""
     shown, hide_next = [], False
     for argument in argv:
         option, equals, _ = argument.partition("=")
@@ -222,10 +214,22 @@ def redact(text: str) -> str:
 
 
 # -- internals -----------------------------------------------------------------------------------
+def _template_record(template: ResolvedTemplate | None, tokenizer) -> dict[str, Any] | None:
+    """Which chat template rendered the run, why, and how it renders (None: the task has none)."""
+    if template is None:
+        return None
+    return {
+        "name": template.name,
+        "reason": template.reason,
+        "fingerprint": digest(template.source),
+        "rendering": template_fingerprint(tokenizer),
+    }
+
+
 def _data_record(
     data: PreparedData, data_path, options: DataOptions | None, train_fingerprint: str | None = None
 ) -> dict[str, Any]:
-    report = data.report
+    report, validation = data.report, data.validation
     return {
         "source": str(data_path) if data_path is not None else report.source,
         "rows": report.rows,
@@ -236,15 +240,13 @@ def _data_record(
         "options": dataclasses.asdict(options) if options is not None else None,
         "fingerprints": {
             "train": train_fingerprint or dataset_fingerprint(data.train),
-            "validation": dataset_fingerprint(data.validation)
-            if data.validation is not None
-            else None,
+            "validation": dataset_fingerprint(validation) if validation is not None else None,
         },
     }
 
 
 def _template_argument(template: ResolvedTemplate | None) -> str | None:
-    """What to pass as template= to get the same template: None for the tokenizer's own, else name or Jinja."""
+    """What template= gets the same template: None (the tokenizer's own), else a name or Jinja."""
     if template is None or template.name == "tokenizer":
         return None
     return template.source if template.name == "custom" else template.name

@@ -34,6 +34,7 @@ def save_info(runner: ModelRunner) -> SaveInfo:
     task_info = (
         runner._model_info() if runner.task.capabilities.model_from_data and runner.model else None
     )
+    rendering = template_fingerprint(runner.tokenizer) if runner.template is not None else None
     return SaveInfo(
         task=runner.task_name,
         method=runner.settings.method,
@@ -42,9 +43,7 @@ def save_info(runner: ModelRunner) -> SaveInfo:
         trust_remote_code=runner.trust_remote_code,
         max_length=runner.data_options.max_length,
         task_info=task_info or None,
-        template_fingerprint=template_fingerprint(runner.tokenizer)
-        if runner.template is not None
-        else None,
+        template_fingerprint=rendering,
     )
 
 
@@ -65,7 +64,7 @@ def save(
     result: TrainResult | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Write `runner`'s model folder; `result`: a finished run's metrics, loss plot and rejected rows."""
+    """Write `runner`'s model folder; `result`: a finished run (metrics, loss plot, rejects)."""
     info = save_info(runner)
     shown = result or runner.last_result
     card = model_card(
@@ -114,7 +113,7 @@ def record_run(
 def load(
     cls: type[ModelRunner], folder: Path, *, template: str | None, strict: bool
 ) -> ModelRunner:
-    """`ModelRunner.load`: the runner that saved `folder`, with its adapter, template and max_length."""
+    """`ModelRunner.load`: the runner that saved `folder`, its adapter, template and max_length."""
     info = SaveInfo.read(folder)
     runner = cls.__new__(cls)
     runner._setup(
@@ -131,9 +130,8 @@ def load(
         check_template(
             info.template_fingerprint, runner.tokenizer, strict=strict, source=str(folder)
         )
-    if (
-        runner.model is None and info.task_info is not None
-    ):  # built from the data (classify: labels)
+    # built from the data (classify: labels)
+    if runner.model is None and info.task_info is not None:
         runner.model = runner._load_model(info.task_info)
     if info.adapter:
         runner.model = load_adapter(runner.model, str(folder))
@@ -165,7 +163,7 @@ def merge(runner: ModelRunner, target: Path, *, check: bool, prompts: list[str] 
 def push(
     runner: ModelRunner, repo_id: str, *, private: bool, token: str | None, merge: bool
 ) -> str:
-    """`ModelRunner.push_to_hub`: what save() writes (or merged weights with the same card), uploaded."""
+    """`ModelRunner.push_to_hub`: what save() writes (or merged weights, same card), uploaded."""
     with tempfile.TemporaryDirectory() as folder:
         save(runner, Path(folder), repo_id=repo_id)
         if merge:

@@ -1,6 +1,7 @@
 """Training data from a stronger model: a teacher answers your prompts, the good answers are kept.
 
->>> path = easyllm.synthesize("prompts.jsonl", teacher=ModelRunner("big-model"), output="answers.jsonl")
+>>> teacher = ModelRunner("big-model")
+>>> path = easyllm.synthesize("prompts.jsonl", teacher=teacher, output="answers.jsonl")
 >>> student.load_data(path); student.train()
 
 Modules: inputs (prompts and their keys), teachers (local or endpoint), filters (what is kept),
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +90,7 @@ def synthesize(
     progress: bool = True,
     **sampling: Any,
 ) -> Path:
-    """Have `teacher` answer every input and write the kept answers as training rows; returns `output`.
+    """Write `teacher`'s kept answers to every input as training rows; returns `output`.
 
     `inputs`: a list of prompts, or a .jsonl/.csv/.json/.parquet/.txt file whose rows have a
     prompt / instruction / input / question / text column (or `column=`). `teacher`: a
@@ -101,36 +104,23 @@ def synthesize(
     stop or a crash: answered inputs (kept or dropped) are skipped. The summary is printed and
     written to `<output>.summary.json`.
 
-    >>> path = synthesize(["Explain TCP in two sentences."], teacher=ModelRunner(), output="tcp.jsonl")
+    >>> prompts = ["Explain TCP in two sentences."]
+    >>> path = synthesize(prompts, teacher=ModelRunner(), output="tcp.jsonl")
     >>> ModelRunner(small_model).load_data(path)
     """
-    if n < 1:
-        raise ConfigError(f"n={n}: ask for at least one answer per input")
-    if n > 1 and not any(key in sampling for key in SAMPLING_KEYS):
-        raise ConfigError(
-            f"n={n} answers per input need sampling, or they are all the same: pass "
-            "e.g. temperature=0.8"
-        )
+    _check_answer_count(n, sampling)
     rules = AnswerFilter(min_chars=min_chars, max_chars=max_chars, keep=keep)
     jobs, repeated = make_jobs(read_prompts(inputs, column), system, n)
     source = as_teacher(teacher, batch_size)
     log = AnswerLog(Path(output))
-    others = log.teachers - {source.name}
-    if others:
-        raise ConfigError(
-            f"{log.output} holds answers from {sorted(others)}, not from {source.name!r}. "
-            "Write to another output=..., or delete the file to start over."
-        )
+    _check_one_teacher(log, source.name)
     rules.remember(log.kept_answers)
     pending = [job for job in jobs if job.key not in log.answered]
+    skipped = len(jobs) - len(pending)
     summary = SynthesisSummary(
-        source.name,
-        str(log.output),
-        str(log.rejects),
-        skipped=len(jobs) - len(pending),
-        repeated=repeated,
+        source.name, str(log.output), str(log.rejects), skipped=skipped, repeated=repeated
     )
-    try:
+    with _summarized(summary, log):
         _ask_all(
             source,
             pending,
@@ -142,14 +132,44 @@ def synthesize(
             progress=progress,
             sampling=sampling,
         )
+    return log.output
+
+
+def _check_answer_count(n: int, sampling: dict[str, Any]) -> None:
+    """At least one answer per input, and several only when sampling makes them differ."""
+    if n < 1:
+        raise ConfigError(f"n={n}: ask for at least one answer per input")
+    if n > 1 and not any(key in sampling for key in SAMPLING_KEYS):
+        raise ConfigError(
+            f"n={n} answers per input need sampling, or they are all the same: pass "
+            "e.g. temperature=0.8"
+        )
+
+
+def _check_one_teacher(log: AnswerLog, teacher: str) -> None:
+    """One output holds one teacher's answers: resuming with another one is refused."""
+    others = log.teachers - {teacher}
+    if others:
+        raise ConfigError(
+            f"{log.output} holds answers from {sorted(others)}, not from {teacher!r}. "
+            "Write to another output=..., or delete the file to start over."
+        )
+
+
+@contextmanager
+def _summarized(summary: SynthesisSummary, log: AnswerLog) -> Iterator[None]:
+    """Write `<output>.summary.json` and print the summary, however the block ends.
+
+    The run is `finished` only when the block ran to its end.
+    """
+    try:
+        yield
         summary.finished = True
     finally:
         summary.total_kept = len(log.kept_answers)
-        sibling(log.output, ".summary.json").write_text(
-            json.dumps(asdict(summary), indent=2) + "\n"
-        )
+        summary_file = sibling(log.output, ".summary.json")
+        summary_file.write_text(json.dumps(asdict(summary), indent=2) + "\n")
         print(summary)
-    return log.output
 
 
 def _ask_all(

@@ -67,11 +67,11 @@ class AnswerFilter:
         return [name for name, _ in self._rules]
 
     def remember(self, answers: Iterable[str]) -> None:
-        """Count answers kept earlier (a resumed run) as seen, so their duplicates are dropped too."""
+        """Count answers an earlier run kept as seen, so that their duplicates are dropped too."""
         self._seen.update(_fingerprint(answer) for answer in answers)
 
     def reason(self, prompt: str, reply: Reply) -> str | None:
-        """The first rule `reply` fails, or None; a kept answer is remembered for the duplicate rule."""
+        """The first rule `reply` fails, or None; the duplicate rule remembers a kept answer."""
         failed = next((name for name, fails in self._rules if fails(prompt, reply)), None)
         if failed is None:
             self._seen.add(_fingerprint(reply.text))

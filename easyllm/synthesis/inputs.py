@@ -1,4 +1,4 @@
-"""The prompts a teacher answers: a list of strings, or rows read by the same loaders as load_data."""
+"""The prompts a teacher answers: a list of strings, or rows read by load_data's own loaders."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ Inputs = list[str] | list[dict] | str | Path
 
 @dataclass(frozen=True)
 class Job:
-    """One answer to ask for: a prompt (sample `sample` of n), keyed so a resumed run can skip it."""
+    """One answer to ask for: a prompt (sample `sample` of n), keyed so a resumed run skips it."""
 
     prompt: str
     origin: str

@@ -12,7 +12,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ..data.formats import Message
+from ..data.conversation import Message
 from ..errors import ConfigError, EasyLLMError
 from ..eval.generation import Reply
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class TeacherError(EasyLLMError, RuntimeError):
-    """The teacher failed (an endpoint still refusing after its retries); answers so far are kept."""
+    """The teacher failed (an endpoint still refusing after retries); answers so far are kept."""
 
 
 @runtime_checkable
@@ -38,7 +38,7 @@ class Teacher(Protocol):
 
 
 class LocalTeacher:
-    """A ModelRunner (any local model, with or without an adapter), `batch_size` prompts at a time."""
+    """A ModelRunner (any local model, adapter or not) answering `batch_size` prompts at a time."""
 
     def __init__(
         self, runner: ModelRunner, *, name: str | None = None, batch_size: int = 16
@@ -68,12 +68,12 @@ class LocalTeacher:
 
 @dataclass
 class Endpoint:
-    """An OpenAI-compatible chat-completions server as the teacher: vLLM, llama.cpp, Ollama, a hosted API.
+    """An OpenAI-compatible chat server as the teacher: vLLM, llama.cpp, Ollama, a hosted API.
 
     The API key is `api_key`, or else read from the environment variable `api_key_env`; it is
-    never written or printed. Local servers need none. Up to `concurrency` requests are in flight; a request answered
-    with 429, 5xx or a timeout is retried `max_retries` times with exponential backoff (the
-    openai client's, which honours Retry-After).
+    never written or printed. Local servers need none. Up to `concurrency` requests are in
+    flight; a request answered with 429, 5xx or a timeout is retried `max_retries` times with
+    exponential backoff (the openai client's, which honours Retry-After).
 
     >>> teacher = Endpoint("Qwen/Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1")
     >>> easyllm.synthesize("prompts.jsonl", teacher=teacher)
@@ -100,8 +100,10 @@ class Endpoint:
     def answer(
         self, prompts: Sequence[str], *, system: str | None, max_new_tokens: int, **sampling: Any
     ) -> Iterator[tuple[int, Reply]]:
-        """Ask for every prompt, `concurrency` at a time; after a failure, stop asking, yield the
-        answers still arriving, then raise TeacherError."""
+        """Ask for every prompt, `concurrency` at a time.
+
+        After a failure, stop asking, yield the answers still arriving, then raise TeacherError.
+        """
         client = self.client()
         from openai import APIError
 
@@ -141,7 +143,8 @@ class Endpoint:
                 import openai
             except ImportError:
                 raise ImportError(
-                    'An endpoint teacher needs the openai client: pip install "easyllm-sdk[teacher]"'
+                    "An endpoint teacher needs the openai client: "
+                    'pip install "easyllm-sdk[teacher]"'
                 ) from None
             # Local servers (vLLM, llama.cpp, Ollama) accept any key; "EMPTY" is their convention.
             self._client = openai.OpenAI(

@@ -48,14 +48,13 @@ class Capabilities:
     scores: bool = False
     model_from_data: bool = False
     previews: bool = False
-    truncation: Truncation | None = (
-        None  # how examples are fitted into max_length (data/truncation.py)
-    )
+    # how examples are fitted into max_length (data/truncation.py)
+    truncation: Truncation | None = None
 
 
 @dataclass(frozen=True)
 class ModelLoading:
-    """How the runner asks for a model: from where, loaded by which method, with remote code or not."""
+    """How the runner asks for a model: from where, by which method, with remote code or not."""
 
     source: str
     method: Method
@@ -70,7 +69,7 @@ class ModelLoading:
 
 
 class Task(Protocol):
-    """A task strategy. Register one with `register_task(name, task)`; `ModelRunner(task=name)` uses it.
+    """A task strategy: `register_task(name, task)` makes it `ModelRunner(task=name)`.
 
     Helpers shared by causal-LM tasks live in `easyllm.tasks.causal`; `split_rows` and
     `finish_prepared` are the shared skeleton of `prepare`.
@@ -90,7 +89,7 @@ class Task(Protocol):
         encoder: ChatEncoder | None,
         options: DataOptions,
     ) -> PreparedData:
-        """Validate and encode rows (cut to options.max_length by data/truncation.py); split off validation."""
+        """Validate, encode, cut rows to options.max_length (truncation.py); split off val rows."""
         ...
 
     def build_trainer(
@@ -117,7 +116,7 @@ class Task(Protocol):
 
 
 class HasReferences(Protocol):
-    """capabilities.references: prompts and reference replies evaluate() generates from and scores."""
+    """capabilities.references: the prompts evaluate() answers and the replies it scores against."""
 
     def references(self, dataset: Dataset, limit: int) -> list[Any]: ...
 
@@ -157,10 +156,10 @@ class Scores(Protocol):
 
 
 class BuildsModelFromData(Protocol):
-    """capabilities.model_from_data: the model's shape comes from the data (classify: its labels)."""
+    """capabilities.model_from_data: the model's shape comes from the data (classify: labels)."""
 
     def model_info(self, loading: ModelLoading, data: PreparedData | None) -> dict[str, Any] | None:
-        """What `load_model` needs, from the data or from a checkpoint that has it; None: not known yet."""
+        """What `load_model` needs, from the data or from a checkpoint; None: not known yet."""
         ...
 
     def saved_info(self, model: PreTrainedModel) -> dict[str, Any]:
@@ -192,7 +191,7 @@ def finish_prepared(
     longest_example: int,
     nothing_left: str = "No trainable example is left",
 ) -> PreparedData:
-    """The PreparedData of encoded splits; a DataError (with the report) if nothing is left to train on."""
+    """The PreparedData of encoded splits; a DataError (with the report) if no example is left."""
     if len(train) == 0:
         raise DataError(f"{nothing_left} in {report.source}:\n{report}")
     report.train_examples, report.val_examples = len(train), len(validation or [])

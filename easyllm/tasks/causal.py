@@ -1,4 +1,4 @@
-"""What causal-LM tasks (SFT, pre-training, ...) share: model loading, the trainer, the loss metrics."""
+"""What causal-LM tasks (SFT, pre-training, ...) share: model loading, trainer, loss metrics."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def load_model(loading: ModelLoading, info: Mapping[str, Any]) -> PreTrainedMode
 
 
 def preview_ids(row: Mapping[str, Any]) -> tuple[list[int], list[int]]:
-    """input_ids and labels; a preference row shows its prompt and first reply (chosen / completion)."""
+    """input_ids and labels; a preference row shows its prompt and its chosen (or only) reply."""
     if "input_ids" in row:
         return row["input_ids"], row["labels"]
     reply = row.get("chosen_ids", row.get("completion_ids", []))
@@ -68,7 +68,7 @@ def evaluate(
     batch_size: int,
     max_length: int,
 ) -> dict[str, float]:
-    """eval_loss and perplexity on the trained tokens of encoded rows (already cut to max_length)."""
+    """eval_loss and perplexity on the trained tokens of encoded rows (already cut to length)."""
     return evaluate_loss(model, dataset, PaddingCollator(tokenizer.pad_token_id), batch_size)
 
 
@@ -80,7 +80,7 @@ def apply_control_token_policy(
 ) -> ChatEncoder:
     """Count rows whose text holds control-token strings; reject them or let them act, as asked.
 
-    Shared by every task that renders chats, so the guard is the same for SFT, DPO, KTO, ORPO and rm.
+    Shared by every task that renders chats: the guard is the same for SFT, DPO, KTO, ORPO and rm.
     """
     policy = options.on_control_tokens
     if policy not in CONTROL_TOKEN_POLICIES:
@@ -96,7 +96,8 @@ def apply_control_token_policy(
     if policy == "reject" and report.control_token_rows:
         raise DataError(
             summarize_problems(report.control_token_rows, report.source)
-            + "\nThese rows contain control-token strings (on_control_tokens='reject'). Remove them, "
-            "or load with on_control_tokens='text' (the default: kept as plain text) or 'allow'."
+            + "\nThese rows contain control-token strings (on_control_tokens='reject'). "
+            "Remove them, or load with on_control_tokens='text' (the default: kept as plain text) "
+            "or 'allow'."
         )
     return dataclasses.replace(encoder, content_as_text=policy != "allow")

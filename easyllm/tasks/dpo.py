@@ -6,7 +6,8 @@ LoRA or QLoRA the reference model is the same weights with the adapter disabled 
 copy); with full fine-tuning TRL computes the reference log-probs once, before training.
 
 >>> runner = ModelRunner(task="dpo")
->>> runner.load_data([{"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What."}] * 8)
+>>> pair = {"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What."}
+>>> runner.load_data([pair] * 8)
 >>> runner.train().metrics["eval_reward_accuracy"]  # doctest: +SKIP
 """
 
@@ -46,7 +47,7 @@ def dpo_trainer(
 def dpo_metrics(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, batch_size: int
 ) -> dict[str, float]:
-    """Implied rewards beta * (log p_policy - log p_reference) of held-out pairs: accuracy and margin."""
+    """Held-out pairs' implied rewards beta * (log p_policy - log p_reference): accuracy, margin."""
     rewards = {}
     for side in preference.SIDES:
         policy, _ = preference.completion_logps(

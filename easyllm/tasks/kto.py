@@ -25,7 +25,7 @@ BETA = 0.1  # TRL's default
 
 
 def _keep_ids(self, dataset, processing_class, args, dataset_name):
-    """Rows are already `prompt_ids` / `completion_ids`; only add the KL term's mismatched completions.
+    """Rows already hold `prompt_ids` / `completion_ids`: only add the KL term's mismatched pairs.
 
     As TRL does: within each batch, every prompt is paired with its neighbour's completion.
     """

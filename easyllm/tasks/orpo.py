@@ -5,7 +5,8 @@ can start from a base model. The loss is TRL's `ORPOTrainer` (in `trl.experiment
 TRL 1.x), fed token ids from easyllm's encoder.
 
 >>> runner = ModelRunner(task="orpo")
->>> runner.load_data([{"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What."}] * 8)
+>>> pair = {"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What."}
+>>> runner.load_data([pair] * 8)
 >>> runner.train().metrics["eval_reward_accuracy"]  # doctest: +SKIP
 """
 

@@ -1,4 +1,4 @@
-"""What preference tasks (DPO, KTO, ORPO) share: one parametrised task, encoding, scoring, TRL trainers.
+"""What preference tasks (DPO, KTO, ORPO) share: one parametrised task, encoding, scoring, trainers.
 
 Rows are read by `preference_rows` (pairs, or replies labelled good/bad). A prompt is encoded
 as `generate()` encodes it (`ChatEncoder.encode_prompt`: the history plus the generation
@@ -74,9 +74,8 @@ class PreferenceTask:
     parse: Callable[[Record], PreferenceRow]
     trainer: TrainerBuilder
     metrics: Metrics
-    shuffle_train: bool = (
-        False  # for trainers that read rows in order (KTO pairs neighbours for its KL term)
-    )
+    # for trainers that read rows in order (KTO pairs neighbours for its KL term)
+    shuffle_train: bool = False
     capabilities: Capabilities = PREFERENCE_CAPABILITIES
 
     load_model = staticmethod(causal.load_model)
@@ -150,7 +149,7 @@ def prepare_rows(
 def encode_rows(
     rows: list[PreferenceRow], encoder: ChatEncoder, max_length: int, report: DataReport
 ) -> Dataset:
-    """Columns `prompt_ids`, `<reply>_ids` per reply, `length` (for length grouping) and `label` if any."""
+    """Columns `prompt_ids`, `<reply>_ids` per reply, `length` (to group by) and `label` if any."""
     columns: dict[str, list] = {}
     for row in rows:
         prompt_ids = encoder.encode_prompt(row.prompt, tools=row.tools)
@@ -178,10 +177,9 @@ def encode_rows(
             example["label"] = row.label
         for key, value in example.items():
             columns.setdefault(key, []).append(value)
-        report.trained_tokens += sum(len(ids) for ids in replies.values())
-        report.total_tokens += len(prompt_ids) * len(replies) + sum(
-            len(ids) for ids in replies.values()
-        )
+        reply_tokens = sum(len(ids) for ids in replies.values())
+        report.trained_tokens += reply_tokens
+        report.total_tokens += len(prompt_ids) * len(replies) + reply_tokens
         report.lengths.append(example["length"])
     return Dataset.from_dict(columns)
 
@@ -202,9 +200,10 @@ def reply_ids(
         or trained[0] != len(prompt_ids)
     ):
         raise ConfigError(
-            "The chat template renders the prompt differently when a reply follows it, so the prompt "
-            "tokens are not a prefix of prompt + reply and a preference reply cannot be cut out exactly. "
-            "Pass a template whose generation prompt is a prefix of the rendered reply (e.g. template='chatml')."
+            "The chat template renders the prompt differently when a reply follows it, so the "
+            "prompt tokens are not a prefix of prompt + reply and a preference reply cannot be cut "
+            "out exactly. Pass a template whose generation prompt is a prefix of the rendered "
+            "reply (e.g. template='chatml')."
         )
     return encoded.input_ids[len(prompt_ids) : trained[-1] + 1]
 
@@ -263,7 +262,7 @@ def completion_logps(
 def reference_logps(
     model: PreTrainedModel, dataset: Dataset, reply: str, stored: str, pad_id: int, batch_size: int
 ) -> torch.Tensor | None:
-    """Log-probs of the `reply` column under the reference model; None when the model is its own reference.
+    """Log-probs of the `reply` column under the reference model; None if the model is its own.
 
     With an adapter, the reference is the base with the adapter disabled (no second copy). A fully
     fine-tuned model keeps no reference: its trainer stores the reference log-probs of the held-out
@@ -278,16 +277,17 @@ def reference_logps(
         return torch.tensor(dataset[stored], dtype=torch.float32)
     if getattr(model, REFERENCE_STORED, False):
         raise UsageError(
-            "This model was fully fine-tuned, so no reference model is kept: only the held-out rows of "
-            "load_data(..., val_size=...) have reference log-probs (stored before training). Evaluate "
-            "those with evaluate(), or train with method='lora' to evaluate any data."
+            "This model was fully fine-tuned, so no reference model is kept: only the held-out "
+            "rows of load_data(..., val_size=...) have reference log-probs (stored before "
+            "training). Evaluate those with evaluate(), or train with method='lora' to evaluate "
+            "any data."
         )
     return None
 
 
 # -- the TRL trainers -----------------------------------------------------------------------------
 def trl_class(module: str, name: str) -> type:
-    """A class from TRL, or an ImportError with the install command (TRL is an optional dependency)."""
+    """A class from TRL, or an ImportError with the install command (TRL is optional)."""
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError:

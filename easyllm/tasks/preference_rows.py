@@ -31,7 +31,7 @@ SIDES = ("chosen", "rejected")
 
 @dataclass
 class PreferenceRow:
-    """One prompt and its replies: {"chosen", "rejected"} for pairs, {"completion"} plus a label for KTO."""
+    """A prompt and its replies: {"chosen", "rejected"} (pairs) or {"completion"} + label (KTO)."""
 
     prompt: list[Message]
     replies: dict[str, Message]
@@ -56,7 +56,7 @@ PAIR_SHAPES: Registry[PairShape] = Registry("preference row shape")
 
 
 def register_pair_shape(name: str, required: tuple[str, ...], sft_shape: str) -> Callable:
-    """Decorator: register `row -> (chosen SFT row, rejected SFT row)`; detection tries shapes in order."""
+    """Decorator: register `row -> (chosen SFT row, rejected SFT row)`; detection tries in order."""
 
     def wrap(fn: Callable) -> Callable:
         PAIR_SHAPES.register(name, PairShape(name, required, sft_shape, fn))
@@ -129,7 +129,7 @@ def parse_pair(record: Record) -> PreferenceRow:
 
 
 def parse_labelled(record: Record) -> PreferenceRow:
-    """An unpaired row: any SFT shape (messages, prompt/completion, ...) plus "label": true/false."""
+    """An unpaired row: any SFT shape (messages, prompt/completion, ...) and "label": true/false."""
     row = _row_of(record)
     if row.get("label") is None:
         raise RowProblem(
@@ -155,7 +155,7 @@ def parse_labelled(record: Record) -> PreferenceRow:
 def read_preference_rows(
     records: Iterable[Record], parse: Callable[[Record], PreferenceRow], options: DataOptions
 ) -> ParsedRows[PreferenceRow]:
-    """Every usable row, and the rejected ones; with on_bad_rows="raise" one DataError names them all."""
+    """Every usable row and the rejected ones; with on_bad_rows="raise", one DataError names all."""
     if options.input_key or options.output_key:
         raise ConfigError(
             "input_key/output_key name an SFT prompt and reply; for preference data pass "
@@ -211,7 +211,7 @@ def _detect_pair_shape(row: Mapping[str, Any]) -> PairShape:
 
 
 def _one_reply(row: Mapping[str, Any], side: str) -> list[Any]:
-    """`row[side]` as a one-message list: text, a {role, content} or {from, value} message, or [message]."""
+    """`row[side]` as one message in a list: text, {role, content}, {from, value} or [message]."""
     value = row[side]
     if isinstance(value, list):
         if len(value) != 1:

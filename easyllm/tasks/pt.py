@@ -1,4 +1,4 @@
-"""Continued pre-training on plain text: documents packed into full blocks, attention kept inside each.
+"""Continued pre-training on plain text: documents packed into full blocks, attending within each.
 
 Each document is tokenized as text (a "<|im_end|>" written in it stays text), preceded by the
 special tokens the tokenizer puts before any text (Llama's BOS) and followed by the EOS token,
@@ -102,7 +102,7 @@ class PretrainTask:
         args: TrainingArguments,
         settings: Any,
     ) -> TrainedTokenTrainer:
-        """The trained-positions-only loss on whole blocks (`settings.packing` does not apply: blocks are full)."""
+        """The trained-positions-only loss on whole blocks (full: `settings.packing` is moot)."""
         return TrainedTokenTrainer(
             model=model,
             args=args,
@@ -146,7 +146,7 @@ class PretrainTask:
 def read_documents(
     records: list[Record], column: str, tokenizer: PreTrainedTokenizerBase, options: DataOptions
 ) -> ParsedRows[Document]:
-    """The usable texts and the rejected rows; with on_bad_rows="raise", one DataError naming each bad row."""
+    """The usable texts and rejected rows; with on_bad_rows="raise", one DataError names each."""
     if options.on_control_tokens not in CONTROL_TOKEN_POLICIES:
         raise ConfigError(
             f"on_control_tokens={options.on_control_tokens!r}: choose one of "
@@ -179,7 +179,7 @@ def tokenize_documents(
 
 
 def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The special tokens a tokenizer puts before any text (Llama's BOS; none for SmolLM2 or Qwen)."""
+    """The special tokens a tokenizer puts before any text (Llama's BOS; none for SmolLM2, Qwen)."""
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     full = tokenizer("x")["input_ids"]
     start = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
@@ -255,7 +255,8 @@ def _text_column(options: DataOptions) -> str:
     if options.input_key or options.output_key or set(columns) - {TEXT}:
         raise ConfigError(
             f"Task 'pt' reads one text column; got input_key={options.input_key!r}, output_key="
-            f"{options.output_key!r}, columns={options.columns!r}. Pass columns={{'text': 'your_column'}}."
+            f"{options.output_key!r}, columns={options.columns!r}. "
+            "Pass columns={'text': 'your_column'}."
         )
     return columns.get(TEXT, TEXT)
 

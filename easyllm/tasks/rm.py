@@ -42,7 +42,7 @@ from .preference_rows import parse_pair, read_preference_rows
 
 @dataclass
 class Pair:
-    """Both sides of a preference pair as whole conversations (the shared prompt, then each reply)."""
+    """Both sides of a preference pair as whole conversations (the shared prompt, then a reply)."""
 
     chosen: list[Message]
     rejected: list[Message]
@@ -74,7 +74,7 @@ class RewardModelTask:
         encoder: ChatEncoder,
         options: DataOptions,
     ) -> PreparedData:
-        """Pairs read as DPO reads them (`preference_rows.parse_pair`); each side encoded as one conversation."""
+        """Pairs read as DPO reads them (`preference_rows.parse_pair`), each side a conversation."""
         parsed = read_preference_rows(records, parse_pair, options)
         rows = parsed.rows
         report = DataReport.of(parsed, dict(Counter(row.format for row in rows)))
@@ -151,7 +151,7 @@ class RewardModelTask:
 
 
 def load_reward_model(loading: ModelLoading) -> PreTrainedModel:
-    """The checkpoint as a sequence classifier with one output, the reward (float32, or a 4-bit base).
+    """The checkpoint as a sequence classifier with one output, the reward (float32 or 4-bit base).
 
     A new head is drawn from a fixed seed, so every run starts from the same one; the global
     random state is left as it was.
@@ -189,15 +189,14 @@ def encode_pairs(
 
 @dataclass
 class PairCollator:
-    """Chosen sequences then rejected ones, right-padded with a mask; `labels` is 1 for chosen, 0 for rejected."""
+    """Chosen then rejected sequences, right-padded, with a mask; `labels`: 1 chosen, 0 rejected."""
 
     pad_token_id: int
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences = [pair["chosen_ids"] for pair in pairs] + [
-            pair["rejected_ids"] for pair in pairs
-        ]
-        batch = pad_sequences(sequences, self.pad_token_id)
+        chosen = [pair["chosen_ids"] for pair in pairs]
+        rejected = [pair["rejected_ids"] for pair in pairs]
+        batch = pad_sequences(chosen + rejected, self.pad_token_id)
         batch["labels"] = torch.tensor([1] * len(pairs) + [0] * len(pairs), dtype=torch.long)
         return batch
 
@@ -252,7 +251,7 @@ def evaluate_pairs(
     dataset: Dataset,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """accuracy: share of pairs scored chosen > rejected; margin: mean r_chosen - r_rejected; eval_loss."""
+    """eval_loss, accuracy (pairs with chosen > rejected), margin (mean r_chosen - r_rejected)."""
     _sync_pad_id(model, tokenizer)
     collator, margins = PairCollator(tokenizer.pad_token_id), []
     was_training, device = model.training, next(model.parameters()).device
@@ -281,12 +280,12 @@ def score(
     texts_or_conversations: Sequence[str | list[Message]],
     batch_size: int = 8,
 ) -> list[float]:
-    """One reward per item, in order: a str is a reply with no prompt, a message list a conversation.
+    """One reward per item, in order: a str is a reply alone, a message list a conversation.
 
     Items are rendered with the chat template as in training, so pass a conversation ending
     with the reply to score; higher means preferred.
-    >>> score(model, tokenizer, encoder, [[{"role": "user", "content": "2+2?"},
-    ...                                    {"role": "assistant", "content": "4"}]])  # doctest: +SKIP
+    >>> chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    >>> score(model, tokenizer, encoder, [chat])  # doctest: +SKIP
     [1.83]
     """
     if isinstance(texts_or_conversations, (str, Mapping)):

@@ -20,12 +20,12 @@ from ..eval.evaluation import Reference
 from . import causal
 from .base import Capabilities, finish_prepared, register_task, split_rows
 
-# Columns that let evaluate() generate from a row and score the reply (the validation split keeps them).
+# Columns that let evaluate() generate from a row and score the reply (validation rows keep them).
 PROMPT_COLUMN, REFERENCE_COLUMN = "prompt_messages", "reference"
 
 
 class SFTTask:
-    """Conversations in, a chat model out: every assistant reply and its end-of-turn token trained."""
+    """Conversations in, a chat model out: each assistant reply and its end-of-turn are trained."""
 
     name = "sft"
     capabilities = Capabilities(references=True, previews=True, truncation=Truncation.OLDEST_TURNS)
@@ -67,7 +67,7 @@ class SFTTask:
 
     @staticmethod
     def references(dataset: Dataset, limit: int) -> list[Reference]:
-        """The first `limit` rows' prompts and reference replies, for evaluate() to generate from."""
+        """The first `limit` rows' prompts and reference replies, which evaluate() answers."""
         if PROMPT_COLUMN not in dataset.column_names:
             return []
         rows = dataset.select(range(min(limit, len(dataset))))
@@ -85,7 +85,7 @@ class SFTTask:
         report: DataReport,
         keep_references: bool = False,
     ) -> Dataset:
-        """Encoded rows (from the on-disk cache when this data was encoded before), counted in `report`.
+        """Encoded rows (from the disk cache if this data was encoded before), counted in `report`.
 
         `fingerprint`: the encoder's `encoder_fingerprint`, computed once for both splits.
         """
@@ -125,9 +125,8 @@ def encode_conversations(
             encoded = fit_conversation(
                 encoder, conversation.messages, max_length, tools=conversation.tools
             )
-            counts["truncated_trained_tokens"] += full_trained - (
-                encoded.trained_tokens if encoded else 0
-            )
+            kept = encoded.trained_tokens if encoded else 0
+            counts["truncated_trained_tokens"] += full_trained - kept
         if encoded is None or encoded.trained_tokens == 0:
             counts["dropped"].append(
                 f"{conversation.origin}: no reply token left within max_length={max_length} "
@@ -149,9 +148,10 @@ def encode_conversations(
 
 
 def split_last_reply(messages: list[Message]) -> Reference:
-    """Everything before the last assistant reply (the prompt) and that reply's text (the reference).
+    """Everything before the last assistant reply (the prompt) and its text (the reference).
 
-    >>> split_last_reply([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    >>> chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    >>> split_last_reply(chat)
     Reference(prompt=[{'role': 'user', 'content': 'Hi'}], reply='Yo')
     """
     last = max(
@@ -171,7 +171,7 @@ def sft_row_format(options: DataOptions) -> RowFormat | None:
 
 
 def count_unterminated_replies(encoded: Encoded, end_of_turn: set[int]) -> int:
-    """Trained spans whose last token is not an end-of-turn token (the model would not learn to stop)."""
+    """Trained spans whose last token is not an end-of-turn token (it would not learn to stop)."""
     count = 0
     for position, label in enumerate(encoded.labels):
         span_ends = label != IGNORE_INDEX and (

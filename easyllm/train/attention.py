@@ -31,7 +31,7 @@ NAME = "easyllm_packed"
 
 
 def example_spans(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
-    """(row, start, end) of every example: a new one begins wherever the position does not go up by one."""
+    """(row, start, end) of each example: one begins wherever the position does not go up by one."""
     breaks = (position_ids[:, 1:] - position_ids[:, :-1] != 1).nonzero().tolist()
     length = position_ids.shape[1]
     spans, row_start = [], {row: 0 for row in range(position_ids.shape[0])}
@@ -68,7 +68,7 @@ def _attend(
 
 
 class _CpuSpanAttention(torch.autograd.Function):
-    """Per-span causal flash attention on the CPU: the forward in the inputs' dtype, the backward in fp32.
+    """Per-span causal flash attention on the CPU: forward in the inputs' dtype, backward in fp32.
 
     torch's CPU flash kernel runs its bf16 forward fast (AMX) but its bf16 backward at a fraction
     of its fp32 backward; each span's output and log-sum-exp are kept, so nothing is recomputed.
@@ -77,9 +77,8 @@ class _CpuSpanAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, query, key, value, spans, scaling
-    ):  # [batch, heads, tokens, dim] -> [batch, tokens, heads, dim]
+    def forward(ctx, query, key, value, spans, scaling):
+        # query, key, value [batch, heads, tokens, dim] -> output [batch, tokens, heads, dim]
         groups = query.shape[1] // key.shape[1]
         output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
         logsumexps = []
@@ -120,9 +119,8 @@ class _CpuSpanAttention(torch.autograd.Function):
                     scale=ctx.scaling,
                 )
             )
-            if (
-                groups > 1
-            ):  # each key/value head served `groups` query heads: their gradients add up
+            # Each key/value head served `groups` query heads: their gradients add up.
+            if groups > 1:
                 grad_key = grad_key.unflatten(1, (-1, groups)).sum(2)
                 grad_value = grad_value.unflatten(1, (-1, groups)).sum(2)
             for grad, piece in zip(grads, (grad_query, grad_key, grad_value)):
@@ -142,14 +140,15 @@ def packed_attention_forward(
     position_ids: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' attention interface: query [batch, heads, tokens, dim] -> [batch, tokens, heads, dim].
+    """An AttentionInterface function: [batch, heads, tokens, dim] -> [batch, tokens, heads, dim].
 
     Under autocast, the inputs are rounded to bf16 as autocast's own attention would.
     """
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
+        # Not a training forward: the usual path.
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )  # not a training forward: the usual path
+        )
     spans = example_spans(position_ids.expand(query.shape[0], -1))
     if torch.is_autocast_enabled(query.device.type):
         dtype = torch.get_autocast_dtype(query.device.type)
@@ -166,7 +165,7 @@ AttentionInterface.register(NAME, packed_attention_forward)
 
 
 def supports_packed_attention(model: nn.Module, max_length: int) -> bool:
-    """True where per-example causal attention is exactly what the model's own attention computes."""
+    """True where per-example causal attention is exactly what the model's attention computes."""
     base = without_adapter(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", NAME):

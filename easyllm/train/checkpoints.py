@@ -61,7 +61,7 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 
 
 def delete(path: Path) -> None:
-    """Rename first: a kill during the deletion leaves a hidden leftover, never a half-deleted checkpoint."""
+    """Rename first: a kill mid-deletion leaves a hidden leftover, not a half-deleted checkpoint."""
     if not path.exists():
         return
     doomed = path if path.name.startswith(".") else path.with_name(f".deleting-{path.name}")
@@ -78,7 +78,7 @@ def remove_leftovers(folder: Path) -> None:
 
 
 def rotate_checkpoints(folder: Path, limit: int | None, best: str | None = None) -> None:
-    """Keep the newest `limit` checkpoints, and always the newest and the best one (like the Trainer)."""
+    """Keep the newest `limit` checkpoints and always the newest and best one (like the Trainer)."""
     if not limit or limit <= 0:
         return
     checkpoints = checkpoint_dirs(folder)
@@ -128,10 +128,11 @@ class ResumableMixin:
             if writer:
                 shutil.rmtree(staging, ignore_errors=True)
             previous = latest_checkpoint(run_dir)
+            intact = f"{previous.name} is intact. " if previous else ""
             raise SaveError(
-                f"Could not write {name} in {run_dir}: {error.strerror or error}. Nothing half-written was left; "
-                + (f"{previous.name} is intact. " if previous else "")
-                + "Free disk space (or fix the folder) and continue with runner.train(output_dir=..., resume=True)."
+                f"Could not write {name} in {run_dir}: {error.strerror or error}. Nothing "
+                f"half-written was left; {intact}Free disk space (or fix the folder) and continue "
+                "with runner.train(output_dir=..., resume=True)."
             ) from error
         finally:
             self._staging_root = None
@@ -152,9 +153,8 @@ class ResumableMixin:
         if not self.args.should_save:
             return
         best = self.state.best_model_checkpoint
-        if best and Path(best).parent.name.startswith(
-            ".partial-"
-        ):  # the Trainer saw the staging path
+        # The Trainer saw the staging path.
+        if best and Path(best).parent.name.startswith(".partial-"):
             self.state.best_model_checkpoint = str(final)
             self.state.save_to_json(str(folder / "trainer_state.json"))
         manifest = {**(self.checkpoint_manifest or {}), "step": self.state.global_step}
@@ -175,7 +175,7 @@ def make_resumable(
     manifest: dict[str, Any] | None = None,
     resume_from: str | os.PathLike | None = None,
 ) -> Trainer:
-    """Give any Trainer (transformers or TRL) atomic checkpoints, a manifest and an exact data order on resume.
+    """Give any Trainer (TRL's too) atomic checkpoints, a manifest, exact data order on resume.
 
     >>> trainer = make_resumable(DPOTrainer(...), manifest)
     >>> trainer.train(resume_from_checkpoint=latest_checkpoint(folder))
@@ -183,9 +183,8 @@ def make_resumable(
     if not isinstance(trainer, ResumableMixin):
         trainer.__class__ = _resumable_class(type(trainer))
     trainer.checkpoint_manifest = manifest
-    if (
-        resume_from is not None and 0 < trainer.args.save_steps < 1
-    ):  # the share, as the steps it came to
+    # save_steps given as a share: the steps it came to.
+    if resume_from is not None and 0 < trainer.args.save_steps < 1:
         state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         trainer.args.save_steps = state.get("save_steps") or trainer.args.save_steps
     if trainer.epoch_rng is not None:  # made resumable before: one callback, for this run
@@ -214,7 +213,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class EpochRng(TrainerCallback):
-    """Keeps the RNG state of each epoch start; a resumed run restores it before the epoch's order is drawn.
+    """Keeps the RNG state of each epoch start; a resumed run restores it before the order is drawn.
 
     The Trainer restores the checkpoint's own RNG state only after it has started iterating the
     epoch, which is when LengthGroupedSampler draws its permutation from the global RNG.

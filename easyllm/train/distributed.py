@@ -23,7 +23,7 @@ def is_main_process() -> bool:
 
 
 def shared_state():
-    """The processes' shared state, set up as `run_arguments` has the Trainer set it up (CPU: gloo)."""
+    """The processes' shared state, set up as `run_arguments` has the Trainer do it (CPU: gloo)."""
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
@@ -31,7 +31,7 @@ def shared_state():
 
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
-    """The main process runs the block first (downloads, caches), then the others; nothing in one process."""
+    """The main process runs the block first (downloads, caches), then the others (if any)."""
     if not distributed():
         yield
         return
@@ -40,7 +40,7 @@ def main_process_first() -> Iterator[None]:
 
 
 def on_main_process(function, *args: Any, **kwargs: Any) -> Any:
-    """Run `function` on the main process only; every process gets its result, or raises its error."""
+    """Run `function` on the main process only; every process gets its result, or its error."""
     if not distributed():
         return function(*args, **kwargs)
     from accelerate.utils import broadcast_object_list

@@ -79,8 +79,8 @@ def run_trainer(
         ):
             if compiled and trainer.is_world_process_zero():
                 print(
-                    f"easyllm: compiling the {compiled} decoder layers and the loss for faster steps "
-                    "(compile=False turns it off)"
+                    f"easyllm: compiling the {compiled} decoder layers and the loss for faster "
+                    "steps (compile=False turns it off)"
                 )
             if isinstance(trainer, TrainedTokenTrainer):
                 trainer.compiled = bool(compiled)
@@ -91,10 +91,11 @@ def run_trainer(
             trainer.compiled = False
     if stop.stopped and trainer.state.global_step < trainer.state.max_steps:
         folder = Path(trainer.args.output_dir)
+        checkpoint = folder / f"checkpoint-{trainer.state.global_step}"
         raise KeyboardInterrupt(
             f"Training stopped by {stop.signal_name} at step {trainer.state.global_step} of "
-            f"{trainer.state.max_steps}; {folder / f'checkpoint-{trainer.state.global_step}'} holds everything "
-            f"needed to continue. Resume with the same data and settings: "
+            f"{trainer.state.max_steps}; {checkpoint} holds everything needed to continue. "
+            "Resume with the same data and settings: "
             f"runner.train(output_dir={str(folder)!r}, resume=True, ...)"
         )
     metrics: dict[str, float] = {
@@ -154,16 +155,16 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 class StopOnSignal(TrainerCallback):
-    """Turns Ctrl-C (SIGINT) or SIGTERM into "checkpoint after this step and stop"; a second Ctrl-C stops at once.
+    """Turns Ctrl-C (SIGINT) or SIGTERM into "checkpoint after this step and stop".
 
-    Stopping between steps never leaves half-updated weights; with several processes they agree to
-    stop at the same step (each would otherwise wait forever for the others).
+    A second Ctrl-C stops at once. Stopping between steps never leaves half-updated weights; with
+    several processes they agree to stop at the same step (each would otherwise wait forever for
+    the others).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    SAME_PRESS_S = (
-        1.0  # launchers (torchrun) forward the terminal's Ctrl-C: one press may arrive twice
-    )
+    # Launchers (torchrun) forward the terminal's Ctrl-C: one press may arrive twice.
+    SAME_PRESS_S = 1.0
 
     def __init__(self, announce: bool = True) -> None:
         self.announce = announce
@@ -194,8 +195,8 @@ class StopOnSignal(TrainerCallback):
         self.signal_name, self._received_at = signal.Signals(number).name, now
         if self.announce:
             print(
-                f"\neasyllm: {self.signal_name} received: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to stop at once)",
+                f"\neasyllm: {self.signal_name} received: stopping after this step and saving a "
+                "checkpoint (press Ctrl-C again to stop at once)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -225,9 +226,8 @@ class TrainedTokenTrainer(ResumableMixin, Trainer):
     def __init__(self, *args: Any, per_example_attention: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.per_example_attention = per_example_attention
-        self.compiled = (
-            False  # run_trainer sets it while the decoder layers are compiled: the loss is too
-        )
+        # run_trainer sets it while the decoder layers are compiled: the loss is too.
+        self.compiled = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         wrapped = model is not self.model  # DDP, DeepSpeed or FSDP around it
@@ -244,16 +244,15 @@ class TrainedTokenTrainer(ResumableMixin, Trainer):
             denominator = denominator.to(loss_sum.device)
         loss = loss_sum / denominator
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = (
-                loss * self.accelerator.num_processes
-            )  # a share of all processes' tokens; DDP averages
+            # A share of all processes' tokens; DDP averages.
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def _loss_through_wrapper(
     wrapper, inputs: dict[str, torch.Tensor], compiled: bool
 ) -> tuple[torch.Tensor, int]:
-    """trained_token_loss, run as the wrapped model's forward so DDP / DeepSpeed / FSDP do their part.
+    """trained_token_loss as the wrapped model's forward, so DDP / DeepSpeed / FSDP do their part.
 
     The loss calls the decoder and the output layer itself; called beside the wrapper instead of
     through it, DDP would never synchronise the gradients of the processes.

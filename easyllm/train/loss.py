@@ -1,4 +1,4 @@
-"""Cross-entropy computed only where labels are trained, in chunks, with its gradient in the same pass.
+"""Cross-entropy only where labels are trained, in chunks, with its gradient in the same pass.
 
 The output layer of a small model is a large share of its compute (SmolLM2: 576 x 49,152
 weights, a fifth of each token's forward FLOPs), yet prompt and padding positions have no
@@ -39,9 +39,8 @@ def _loss_and_logit_grad(
     loss = (log_normalizer - wide.gather(1, targets[:, None])).sum()
     probabilities = torch.exp(wide - log_normalizer)
     is_target = torch.arange(wide.shape[1], device=wide.device) == targets[:, None]
-    return loss, torch.where(is_target, probabilities - 1, probabilities).to(
-        logits.dtype
-    )  # softmax - one-hot
+    grad_logits = torch.where(is_target, probabilities - 1, probabilities)  # softmax - one-hot
+    return loss, grad_logits.to(logits.dtype)
 
 
 @functools.cache
@@ -58,12 +57,11 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 class _OutputLayerLoss(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T`, chunk by chunk, gradients computed in the forward."""
+    """Summed cross-entropy of `hidden @ weight.T` by chunks, gradients computed in the forward."""
 
     @staticmethod
-    def forward(
-        ctx, hidden, weight, targets, chunk, loss_and_grad
-    ):  # hidden [tokens, dim], targets [tokens]
+    def forward(ctx, hidden, weight, targets, chunk, loss_and_grad):
+        # hidden [tokens, dim], targets [tokens]
         dtype, ctx.weight_dtype = _compute_dtype(weight), weight.dtype
         with torch.autocast(weight.device.type, enabled=False):
             weight_low = weight.to(dtype)
@@ -119,9 +117,8 @@ def trained_token_loss_sum(
         loss_and_grad = _compiled(_loss_and_logit_grad) if compiled else _loss_and_logit_grad
         return _OutputLayerLoss.apply(hidden, head.weight, targets, chunk, loss_and_grad), count
     chunk_loss = _compiled(_chunk_loss) if compiled else _chunk_loss
-    if (
-        torch.is_grad_enabled()
-    ):  # another output layer: recompute each chunk's logits in the backward
+    # Another output layer: recompute each chunk's logits in the backward.
+    if torch.is_grad_enabled():
         chunk_loss = functools.partial(checkpoint, chunk_loss, use_reentrant=False)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, count, chunk):

@@ -20,9 +20,8 @@ from .settings import SETTINGS_FIELDS, TrainSettings
 if TYPE_CHECKING:
     from ..data.prepared import PreparedData
 
-MANIFEST_FILE = (
-    "easyllm-checkpoint.json"  # written last: a checkpoint without it is not ours or not complete
-)
+# Written last: a checkpoint without it is not ours or not complete.
+MANIFEST_FILE = "easyllm-checkpoint.json"
 # Options that change how a run is recorded, not what it learns: a resumed run may change them.
 _BOOKKEEPING = (
     "output_dir",
@@ -49,7 +48,7 @@ _CHANGES = {
 
 
 def resumable_settings(settings: TrainSettings, seed: int) -> dict[str, Any]:
-    """The settings that decide what a run learns (bookkeeping such as logging or saving left out)."""
+    """The settings that decide what a run learns (not bookkeeping such as logging or saving)."""
     values = {
         **{k: getattr(settings, k) for k in SETTINGS_FIELDS},
         **settings.trainer_args,
@@ -63,7 +62,7 @@ def resumable_settings(settings: TrainSettings, seed: int) -> dict[str, Any]:
 def build_manifest(
     data: PreparedData, tokenizer, template: str | None, settings: dict[str, Any]
 ) -> dict[str, Any]:
-    """Fingerprints of everything a resumed run must share with the checkpoint (see `check_resume`)."""
+    """Fingerprints of all a resumed run must share with the checkpoint (see `check_resume`)."""
     train = dataset_fingerprint(data.train)  # hashes every encoded row: once per run
     return {
         "easyllm_version": __version__,
@@ -80,7 +79,7 @@ def build_manifest(
 
 
 def check_processes_agree(manifest: dict[str, Any]) -> None:
-    """Every process prepares its own data: refuse to train if any of them got other rows or settings."""
+    """Every process prepares its own data: refuse to train if any got other rows or settings."""
     if not distributed():
         return
     from accelerate.utils import gather_object
@@ -96,7 +95,7 @@ def check_processes_agree(manifest: dict[str, Any]) -> None:
 
 
 def check_resume(checkpoint: Path, manifest: dict[str, Any], *, force: bool = False) -> None:
-    """Refuse to resume when the data, tokenizer, template or settings differ from the checkpoint's."""
+    """Refuse to resume if data, tokenizer, template or settings differ from the checkpoint's."""
     saved = json.loads((checkpoint / MANIFEST_FILE).read_text())
     now, then = manifest["fingerprints"], saved.get("fingerprints", {})
     changed = [what for what in now if then.get(what) != now[what]]
@@ -110,9 +109,8 @@ def check_resume(checkpoint: Path, manifest: dict[str, Any], *, force: bool = Fa
             for key in sorted(set(old) | set(new))
             if old.get(key) != new.get(key)
         ]
-    message = f"{checkpoint} was written with different {', '.join(changed)}:\n  " + "\n  ".join(
-        lines
-    )
+    listed = "\n  ".join(lines)
+    message = f"{checkpoint} was written with different {', '.join(changed)}:\n  {listed}"
     if force:
         if is_main_process():
             print(f"easyllm: WARNING: resuming anyway (resume='force'). {message}")

@@ -17,13 +17,12 @@ import torch
 # handing them back at once cost 60% of the step time). 8 x 512 tokens: 10.4 GB resident.
 # bf16 autocast keeps about half (36-57 bytes saved, compiled or not).
 _ACTIVATION_BYTES_PER_HIDDEN = {False: 160, True: 80}  # by bf16
-_MEMORY_SHARE = (
-    0.5  # checkpoint when activations would need more than this share of available memory
-)
+# Checkpoint when activations would need more than this share of available memory.
+_MEMORY_SHARE = 0.5
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Memory a run can take: free GPU memory, or what Linux reports as available (page cache included)."""
+    """Memory a run may take: free GPU memory, or what Linux calls available (page cache too)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     return _linux_available_bytes() or _free_pages_bytes()
@@ -54,10 +53,9 @@ def activation_bytes(config, tokens_per_step: int, bf16: bool = False) -> int:
 def needs_gradient_checkpointing(
     config, tokens_per_step: int, device: torch.device, bf16: bool = False
 ) -> bool:
-    """Recompute activations only when keeping them would crowd memory; it costs 30-100% of a step."""
-    return activation_bytes(config, tokens_per_step, bf16) > _MEMORY_SHARE * free_memory_bytes(
-        device
-    )
+    """Recompute activations only if keeping them would crowd memory; it costs 30-100% of a step."""
+    needed = activation_bytes(config, tokens_per_step, bf16)
+    return needed > _MEMORY_SHARE * free_memory_bytes(device)
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
@@ -66,12 +64,13 @@ _MMAP_THRESHOLD_BYTES = 8 << 20
 
 @functools.cache
 def release_freed_activations() -> bool:
-    """Have glibc serve blocks above 8 MiB by mmap, so memory a training step frees goes back at once.
+    """Have glibc serve blocks over 8 MiB by mmap: memory a training step frees goes back at once.
 
     glibc raises its mmap threshold (up to 32 MiB) whenever a large block is freed; from then on
     activations come from the heap, and what is freed between them stays resident: ~0.5 GiB of a
-    SmolLM2 LoRA step's 4 GiB peak here. A fixed 8 MiB threshold measured no slower (1 MiB was 40%
-    slower: page faults on every large tensor). Process-wide and kept; False where there is no glibc.
+    SmolLM2 LoRA step's 4 GiB peak here. A fixed 8 MiB threshold measured no slower (1 MiB was
+    40% slower: page faults on every large tensor). Process-wide and kept; False where there is
+    no glibc.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -100,7 +99,7 @@ _BF16_SPEEDUP_NEEDED = 1.5  # below this, bf16's rounding is not worth it
 def cpu_bf16_speedup(tokens: int = 2048, hidden: int = 576, wide: int = 1536) -> float:
     """How many times faster a bf16 matmul runs than an fp32 one on this CPU (~0.1 s to measure).
 
-    The shape is a small model's MLP projection over a step's tokens, what training multiplies most.
+    The shape: a small model's MLP projection over a step's tokens, what training multiplies most.
     """
 
     def best_seconds(dtype: torch.dtype) -> float:

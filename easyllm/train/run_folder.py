@@ -82,7 +82,7 @@ def start_run(
     resume: Resume = False,
     overwrite: bool = False,
 ) -> tuple[RunFolder, dict[str, Any]]:
-    """The run folder and the manifest of what it trains on; refuses, before any work, what cannot work."""
+    """The run folder and the manifest of what it trains on; refuses at once what cannot work."""
     run = prepare_run_folder(
         settings.output_dir, model_name, runs_dir, resume=resume, overwrite=overwrite
     )
@@ -94,22 +94,25 @@ def start_run(
 
 
 def save_run(save: Callable[[], Any], folder: Path) -> None:
-    """Call `save` on the main process (the others wait); an OSError becomes a SaveError saying how to recover."""
+    """Call `save` on the main process (the others wait).
+
+    An OSError becomes a SaveError saying how to recover.
+    """
     try:
         on_main_process(save)
     except SaveError:
         raise
     except OSError as error:
         last = latest_checkpoint(folder)
+        recovery = (
+            f"; {last.name} holds the trained weights: free space and run "
+            f"train(output_dir={str(folder)!r}, resume=True) to write the model."
+            if last
+            else "."
+        )
         raise SaveError(
-            f"Could not write the trained model to {folder}: {error.strerror or error}. Nothing half-written was "
-            "left"
-            + (
-                f"; {last.name} holds the trained weights: free space and run "
-                f"train(output_dir={str(folder)!r}, resume=True) to write the model."
-                if last
-                else "."
-            )
+            f"Could not write the trained model to {folder}: {error.strerror or error}. "
+            f"Nothing half-written was left{recovery}"
         ) from error
 
 
@@ -143,8 +146,9 @@ def _prepare_run_folder(
         if not overwrite:
             what = "a finished run" if (folder / SAVE_INFO_FILE).is_file() else "an unfinished run"
             raise UsageError(
-                f"{folder} already holds {what}. Continue it with train(resume=True, output_dir=...), "
-                "replace it with overwrite=True, or pick another output_dir."
+                f"{folder} already holds {what}. Continue it with "
+                "train(resume=True, output_dir=...), replace it with overwrite=True, or pick "
+                "another output_dir."
             )
         _clear_run(folder)
     remove_leftovers(folder)  # hidden remains of a run killed before its first checkpoint
@@ -188,10 +192,9 @@ def holds_run(folder: Path) -> bool:
 
 
 def _clear_run(folder: Path) -> None:
-    """Remove what a run wrote there (model-card files are replaced by the next save); nothing else."""
-    (folder / SAVE_INFO_FILE).unlink(
-        missing_ok=True
-    )  # first: the folder stops claiming a finished model
+    """Remove what a run wrote there, nothing else (the next save replaces model-card files)."""
+    # First: the folder stops claiming a finished model.
+    (folder / SAVE_INFO_FILE).unlink(missing_ok=True)
     for checkpoint in checkpoint_dirs(folder):
         delete(checkpoint)
     remove_leftovers(folder)
@@ -217,9 +220,10 @@ def check_free_space(folder: Path, model: torch.nn.Module, args: TrainingArgumen
     needed, free = estimate_run_bytes(model, args), shutil.disk_usage(folder).free
     if free < needed:
         raise ConfigError(
-            f"Not enough disk space in {folder}: the run needs about {_size(needed)} (checkpoints with optimizer "
-            f"state, and the final model), {_size(free)} are free. Free some space, pick "
-            "another output_dir, or keep fewer checkpoints (save_total_limit=1, or save_strategy='no')."
+            f"Not enough disk space in {folder}: the run needs about {_size(needed)} (checkpoints "
+            f"with optimizer state, and the final model), {_size(free)} are free. Free some "
+            "space, pick another output_dir, or keep fewer checkpoints (save_total_limit=1, or "
+            "save_strategy='no')."
         )
 
 
@@ -236,7 +240,6 @@ def estimate_run_bytes(model: torch.nn.Module, args: TrainingArguments) -> int:
     if args.save_strategy == "no":
         return weights + _SLACK_BYTES
     optimizer = 8 * sum(p.numel() for p in trainable)  # Adam: two fp32 moments per trained value
-    kept = (
-        args.save_total_limit or KEPT_CHECKPOINTS
-    ) + 1  # the new one is written before the oldest goes
+    # The new one is written before the oldest goes.
+    kept = (args.save_total_limit or KEPT_CHECKPOINTS) + 1
     return kept * (weights + optimizer) + weights + _SLACK_BYTES

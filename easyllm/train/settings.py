@@ -17,8 +17,8 @@ from .resources import needs_gradient_checkpointing, prefers_bf16
 TRAINER_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"
 )
-# transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names warn):
-# the name easyllm sets first, then the other name a user may pass.
+# transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names
+# warn): the name easyllm sets first, then the other name a user may pass.
 _RENAMED = "activation_checkpointing" in TRAINER_FIELDS
 CHECKPOINTING = ("activation_checkpointing", "gradient_checkpointing")[:: 1 if _RENAMED else -1]
 CHECKPOINTING_KWARGS = tuple(f"{name}_kwargs" for name in CHECKPOINTING)
@@ -39,12 +39,10 @@ class TrainSettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # dropout costs a quarter of a CPU step and small runs rarely need it
     target_modules: str | list[str] = "all-linear"
-    packing: bool = (
-        True  # several examples per row, attention kept inside each (see data/packing.py)
-    )
-    compile: bool | None = (
-        None  # compile the decoder layers; None: when the run is long enough (compilation.py)
-    )
+    # Several examples per row, attention kept inside each (see data/packing.py).
+    packing: bool = True
+    # Compile the decoder layers; None: when the run is long enough (compilation.py).
+    compile: bool | None = None
     output_dir: str | None = None
     trainer_args: dict[str, Any] = field(default_factory=dict)
 
@@ -75,7 +73,7 @@ class TrainSettings:
     ) -> TrainingArguments:
         """TrainingArguments with easyllm's defaults; hardware-dependent ones decided here.
 
-        `longest_example`: tokens in the longest example, which bound a step for the memory estimate.
+        `longest_example`: tokens in the longest example (they bound a step's memory estimate).
         """
         method = self.method_entry
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,15 +109,13 @@ class TrainSettings:
             (CHECKPOINTING, checkpointing),
             (CHECKPOINTING_KWARGS, {"use_reentrant": False}),
         ):
-            if not set(names) & set(
-                self.trainer_args
-            ):  # either name, old or new, is the user's choice
+            # Either name, old or new, is the user's choice.
+            if not set(names) & set(self.trainer_args):
                 defaults[names[0]] = value
         args = {**defaults, **self.trainer_args}
         if args["bf16"] and device.type == "cpu" and "use_cpu" not in args:
-            args["use_cpu"] = (
-                True  # TrainingArguments allows bf16 without a GPU only when told it is on the CPU
-            )
+            # TrainingArguments allows bf16 without a GPU only when told it is on the CPU.
+            args["use_cpu"] = True
         return TrainingArguments(output_dir=output_dir, **args)
 
 
@@ -129,7 +125,7 @@ SETTINGS_FIELDS = tuple(
 
 
 def build_settings(base: TrainSettings, overrides: dict[str, Any]) -> TrainSettings:
-    """Apply `train(**overrides)`: easyllm settings by name, the rest as TrainingArguments fields."""
+    """Apply `train(**overrides)`: easyllm settings by name, the others as TrainingArguments."""
     unknown = [key for key in overrides if key not in SETTINGS_FIELDS and key not in TRAINER_FIELDS]
     if unknown:
         hints = []

@@ -1,6 +1,7 @@
-"""Train the tiny test model with ModelRunner; the reliability tests kill, interrupt or multiply this process.
+"""Train the tiny test model with ModelRunner; the reliability tests kill, interrupt or multiply it.
 
-    python tests/scripts/train_tiny.py MODEL_DIR OUTPUT_DIR [--resume] [--step-delay S] [--die-while-saving N]
+    python tests/scripts/train_tiny.py MODEL_DIR OUTPUT_DIR [--resume] [--step-delay S]
+        [--die-while-saving N]
     torchrun --nproc_per_node 2 tests/scripts/train_tiny.py MODEL_DIR OUTPUT_DIR
 
 Prints "step N" after every optimizer step, so a test can pick the moment to send a signal.
@@ -17,12 +18,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-torch.set_num_threads(
-    1
-)  # one thread is 50x faster than two on a busy 2-core machine, and deterministic
+# one thread is 50x faster than two on a busy 2-core machine, and deterministic
+torch.set_num_threads(1)
 
 GLOBAL_BATCH = 4
-# bf16=False: tests compare these runs with in-process ones, which train in fp32 on every CPU (conftest.py)
+# bf16=False: tests compare these with in-process runs, which train in fp32 on any CPU (conftest.py)
 TRAIN_ARGS = {
     "num_train_epochs": 3,
     "learning_rate": 1e-2,
@@ -53,7 +53,7 @@ def train_args(processes: int = 1) -> dict:
 
 
 def _report_steps(step_delay: float, die_while_saving: int) -> None:
-    """Print each step (and optionally slow down, or SIGKILL this process inside a checkpoint write)."""
+    """Print each step; optionally slow down, or SIGKILL this process inside a checkpoint write."""
     from transformers import Trainer, TrainerCallback
 
     from easyllm import runner as runner_module
@@ -106,9 +106,8 @@ def main() -> None:
         f"done rank={os.environ.get('RANK', '0')} train_loss={result.metrics['train_loss']:.6f}",
         flush=True,
     )
-    if (
-        torch.distributed.is_initialized()
-    ):  # gloo may abort at exit if one process leaves while another closes
+    # gloo may abort at exit if one process leaves while another closes
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
