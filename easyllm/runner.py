@@ -30,7 +30,7 @@ from .tasks.steps import load_task_model, model_info, prepare_data, preview_rows
 from .tasks.training import checked_arguments, resumable_trainer
 from .train.distributed import is_main_process, on_main_process
 from .train.engine import TrainResult, run_trainer
-from .train.run_folder import Resume, save_run, start_run
+from .train.run_folder import Resume, start_run
 from .train.settings import MethodName, TrainSettings, build_settings
 
 RUNS_DIR = "easyllm-runs"
@@ -40,10 +40,8 @@ Texts = list[str] | list[tuple[str, str]]  # what predict() takes
 class ModelRunner:
     """Load a model, learn from your data, and talk to it.
 
-    >>> runner = ModelRunner()                          # built-in SmolLM2-135M-Instruct, offline
-    >>> runner.load_data("examples/data/identity.jsonl")
-    >>> runner.train()
-    >>> runner.generate("Who are you?")
+    >>> runner = ModelRunner()  # built-in SmolLM2-135M-Instruct, offline
+    >>> runner.load_data("examples/data/identity.jsonl"); runner.train(); runner.generate("Who?")
 
     `model`: None (the built-in default), a built-in alias, a local folder or a hub id; `method`:
     "lora" (default), "qlora" (4-bit base), "full" or another registered one; `template`: a Jinja
@@ -181,9 +179,7 @@ class ModelRunner:
         )
         result.metrics["trainable_parameters"] = trainable
         self.run_dir = run.path
-        if self.data.validation is not None:
-            result.metrics.update(self.evaluate())
-        save_run(lambda: saving.save(self, run.path, result=result), run.path)
+        saving.finish_run(self, run.path, result)  # saved first, then evaluated
         self.last_result = result
         return result
 
@@ -333,13 +329,21 @@ class ModelRunner:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, template: str | None = None, strict: bool = False
+        cls,
+        path: str | os.PathLike,
+        *,
+        template: str | None = None,
+        strict: bool = False,
+        trust_remote_code: bool = False,
     ) -> ModelRunner:
         """Reload a folder written by save() or train(), with its adapter, template and max_length.
 
-        A TemplateDriftWarning says if chats render unlike in training (`strict=True`: an error).
+        Chats rendering unlike in training warn (`strict=True`: raise). Remote code runs only with
+        `trust_remote_code=True`, never because the folder says so.
         """
-        return saving.load(cls, Path(path), template=template, strict=strict)
+        return saving.load(
+            cls, Path(path), template=template, strict=strict, trust=trust_remote_code
+        )
 
     def merge(
         self, path: str | os.PathLike, *, check: bool = True, prompts: list[str] | None = None

@@ -432,3 +432,20 @@ def test_split_is_deterministic_and_disjoint():
     assert train_val_split([1], 0.5, seed=0) == ([1], [])
     with pytest.raises(ConfigError):
         train_val_split(items, 1.0, seed=0)
+
+
+def test_a_messages_row_keeps_its_row_level_system_prompt():
+    row = {"system": "Answer in one word.", "messages": [user("Hi"), assistant("Hello")]}
+    (conversation,) = to_conversations(read_source([row]))
+    assert conversation.messages == [system("Answer in one word."), user("Hi"), assistant("Hello")]
+    # a system message already in the list is not doubled
+    given = {"system": "Ignored.", "messages": [system("Be kind."), user("Hi"), assistant("Yo")]}
+    (conversation,) = to_conversations(read_source([given]))
+    assert [m["content"] for m in conversation.messages] == ["Be kind.", "Hi", "Yo"]
+
+
+def test_the_data_report_names_every_file_of_a_folder_and_what_was_ignored(tiny_model_dir):
+    from easyllm import ModelRunner
+
+    report = ModelRunner(str(tiny_model_dir)).load_data(FIXTURES / "folder", val_size=0)
+    assert "2 file(s): a.jsonl, b.csv; ignored README.md (unsupported)" in str(report)

@@ -441,3 +441,24 @@ def test_distill_example_moves_the_student_toward_the_teacher(tmp_path):
     written = tmp_path / "easyllm-data" / "distill"
     summary = json.loads((written / "answers.summary.json").read_text())
     assert summary["finished"] and summary["kept"] == len(rows(written / "answers.jsonl"))
+
+
+def test_the_environment_key_goes_to_openai_only_and_never_over_plain_http(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    monkeypatch.setenv("MY_KEY", "sk-mine")
+    assert Endpoint("gpt").key() == "sk-openai-secret"  # OpenAI itself
+    assert Endpoint("m", base_url="https://other.example/v1").key() == "EMPTY"
+    assert (
+        Endpoint("m", base_url="https://other.example/v1", api_key_env="MY_KEY").key() == "sk-mine"
+    )
+    assert Endpoint("m", base_url="http://127.0.0.1:8000/v1", api_key="k").key() == "k"
+    with pytest.raises(ConfigError, match="unencrypted to another machine"):
+        Endpoint("m", base_url="http://remote.example/v1", api_key_env="MY_KEY").key()
+
+
+def test_an_answer_cut_by_a_content_filter_is_rejected():
+    from easyllm.synthesis.filters import AnswerFilter
+
+    cut = Reply("Here is how to", "content_filter", 5)
+    assert AnswerFilter().reason("prompt", cut) == "content_filter"
+    assert AnswerFilter().reason("prompt", Reply("Here is how to", "stop", 5)) is None

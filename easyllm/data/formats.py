@@ -76,7 +76,8 @@ def register_format(name: str, required: tuple[str, ...], optional: tuple[str, .
 
 @register_format("messages", ("messages",))
 def _messages(row: Mapping[str, Any]) -> list[Message]:
-    return [_copy(message) for message in json_list(row, "messages", "{role, content} objects")]
+    messages = json_list(row, "messages", "{role, content} objects")
+    return _with_system(row, [_copy(message) for message in messages])
 
 
 @register_format("sharegpt", ("conversations",))

@@ -211,6 +211,13 @@ def read_source(source: DataSource) -> list[Record]:
     return list(iter_records(source))
 
 
+def is_collection(source: DataSource) -> bool:
+    """Whether `source` is several things to read (a folder, a DatasetDict) rather than one."""
+    if isinstance(source, (str, Path)):
+        return Path(source).is_dir()
+    return type(source).__name__ in ("DatasetDict", "IterableDatasetDict")
+
+
 def describe_source(source: DataSource) -> str:
     """Say what `iter_records(source)` reads, e.g. which files of a folder or which split."""
     if isinstance(source, (str, Path)):

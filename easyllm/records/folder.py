@@ -9,6 +9,7 @@ easyllm.json last, so a folder that has easyllm.json is complete.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,11 +22,28 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..adapters import copy_dequantized_weights
 from ..data.rows import Reject, write_rejects
 from ..errors import ModelLoadError
-from ..files import CARD_FILE, REJECTS_FILE, move_into, staged_folder
+from ..files import CARD_FILE, REJECTS_FILE, move_into, staged_folder, write_json_atomic
 from ..methods import is_4bit, load_adapter, without_adapter
 from ..version import __version__
 
 SAVE_INFO_FILE = "easyllm.json"
+ADAPTER_FILES = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    SAVE_INFO_FILE,
+)
+SAVED_FILES = (
+    *ADAPTER_FILES,
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "metrics.json",
+    "loss.png",
+    "rejects.jsonl",
+    "parity.json",
+)
 
 
 @dataclass
@@ -45,6 +63,9 @@ class SaveInfo:
     max_length: int = 1024
     task_info: dict[str, Any] | None = None
     template_fingerprint: dict[str, Any] | None = None
+    files: list[str] | None = (
+        None  # what the save wrote beside easyllm.json: a re-save removes them
+    )
     easyllm_version: str = field(default=__version__)
 
     def to_json(self) -> dict[str, Any]:
@@ -95,8 +116,9 @@ def save_model_folder(
         if rejects:
             write_rejects(rejects, staging / REJECTS_FILE)
         (staging / CARD_FILE).write_text(card)
-        (staging / SAVE_INFO_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
-        move_into(staging, target, last=SAVE_INFO_FILE)
+        info.files = sorted(entry.name for entry in staging.iterdir())
+        replace_save(staging, target)
+        write_json_atomic(target / SAVE_INFO_FILE, info.to_json())
     return target
 
 
@@ -127,5 +149,41 @@ def save_merged_folder(
             extra(staging)
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        move_into(staging, target)
+        replace_save(staging, target, stale=ADAPTER_FILES)
     return target
+
+
+def replace_save(staging: Path, target: Path, stale: tuple[str, ...] = ()) -> None:
+    """Move a staged save into `target`; remove what an earlier save wrote and this one did not.
+
+    The old easyllm.json goes first, so the folder never claims a complete save midway; files
+    that are not easyllm's (any other file in the folder) are left alone. `stale`: names removed
+    in any case (a merged folder must not keep an adapter transformers would apply on top).
+    """
+    earlier = _earlier_save(target)
+    (target / SAVE_INFO_FILE).unlink(missing_ok=True)
+    written = {entry.name for entry in staging.iterdir()}
+    move_into(staging, target)
+    for name in (earlier | set(stale)) - written:
+        path = target / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _earlier_save(target: Path) -> set[str]:
+    """The entries an earlier easyllm save wrote in `target` (none if it holds no save)."""
+    path = target / SAVE_INFO_FILE
+    if not path.is_file():
+        return set()
+    listed = json.loads(path.read_text()).get("files")
+    if listed is not None:
+        return set(listed)
+    # saves from before easyllm.json listed its files: what a save can write
+    return {
+        entry.name
+        for entry in target.iterdir()
+        if entry.name in SAVED_FILES
+        or entry.name.startswith(("adapter_model", "model-", "pytorch_model"))
+    }

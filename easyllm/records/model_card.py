@@ -64,11 +64,16 @@ def _metadata(info: dict[str, Any], settings: dict[str, Any], base: str | None) 
         "tags": ["easyllm", info["task"], info["method"]],
         "license": settings.get("license") or "other",
     }
-    if base:
+    if base and is_hub_id(base):  # the Hub links base_model: a local folder's name is not one
         meta["base_model"] = base
     if settings.get("datasets"):
         meta["datasets"] = list(settings["datasets"])
     return meta
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hugging Face Hub id ("org/model"), not a local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def _results(metrics: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainingArguments
 
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..eval.generation import as_conversation
-from ..eval.parity import check_merge_parity
-from ..files import CARD_FILE
+from ..eval.parity import PARITY_FILE, check_merge_parity
+from ..files import CARD_FILE, METRICS_FILE, write_json_atomic, write_text_atomic
 from ..methods import has_adapter, load_adapter
-from ..modeling import portable_model_name
+from ..modeling import portable_model_name, public_model_name
 from ..tasks.base import ModelLoading
+from ..train.distributed import on_main_process
 from ..train.engine import TrainResult, write_run_records
+from ..train.run_folder import save_run
 from ..train.settings import SETTINGS_FIELDS
 from .drift import check_template, template_fingerprint
 from .folder import SaveInfo, merged_weights, save_merged_folder, save_model_folder
@@ -57,6 +60,15 @@ def settings_table(runner: ModelRunner) -> dict[str, Any]:
     return settings
 
 
+def card_for(
+    runner: ModelRunner, info: SaveInfo, result: TrainResult | None, repo_id: str | None
+) -> str:
+    """The model card of a save; `result`: a finished run, whose metrics and loss plot it shows."""
+    shown = result or runner.last_result
+    metrics = shown.metrics if shown else {}
+    return model_card(info.to_json(), settings_table(runner), metrics, repo_id, result is not None)
+
+
 def save(
     runner: ModelRunner,
     target: Path,
@@ -66,17 +78,12 @@ def save(
 ) -> Path:
     """Write `runner`'s model folder; `result`: a finished run (metrics, loss plot, rejects)."""
     info = save_info(runner)
-    shown = result or runner.last_result
-    card = model_card(
-        info.to_json(),
-        settings_table(runner),
-        shown.metrics if shown else {},
-        repo_id,
-        has_loss_plot=result is not None,
-    )
+    if repo_id is not None:  # a push: no path of this machine leaves it
+        info.base_model = _public_base(info.base_model)
+    card = card_for(runner, info, result, repo_id)
     rejects = runner.data.rejects if result is not None and runner.data is not None else ()
     records = (lambda folder: write_run_records(result, folder)) if result is not None else None
-    return save_model_folder(
+    saved = save_model_folder(
         target,
         runner.model,
         runner.tokenizer,
@@ -85,6 +92,42 @@ def save(
         run_records=records,
         rejects=rejects,
     )
+    _name_base_publicly(saved, info.base_model)
+    return saved
+
+
+def _public_base(base: str | None) -> str | None:
+    """The base model as another machine can know it: a hub id, or a local folder's name only."""
+    if base is None:
+        return None
+    return Path(base).name if Path(base).is_absolute() else public_model_name(base)
+
+
+def _name_base_publicly(folder: Path, base: str | None) -> None:
+    """adapter_config.json names the base by its public id (peft loads the base from there)."""
+    config = folder / "adapter_config.json"
+    if base is None or not config.is_file():
+        return
+    adapter = json.loads(config.read_text())
+    public = public_model_name(base)
+    if adapter.get("base_model_name_or_path") != public and not Path(base).is_absolute():
+        adapter["base_model_name_or_path"] = public
+        write_json_atomic(config, adapter)
+
+
+def finish_run(runner: ModelRunner, folder: Path, result: TrainResult) -> None:
+    """Save the trained model first, so that nothing after it can lose it; then evaluate.
+
+    Held-out metrics (evaluation can run out of memory, be interrupted, or fill the disk) are
+    added to the saved metrics.json and model card afterwards, each file replaced whole.
+    """
+    save_run(lambda: save(runner, folder, result=result), folder)
+    if runner.data is None or runner.data.validation is None:
+        return
+    result.metrics.update(runner.evaluate())
+    card = card_for(runner, save_info(runner), result, None)
+    on_main_process(write_json_atomic, folder / METRICS_FILE, result.metrics)
+    on_main_process(write_text_atomic, folder / CARD_FILE, card)
 
 
 def record_run(
@@ -111,17 +154,27 @@ def record_run(
 
 
 def load(
-    cls: type[ModelRunner], folder: Path, *, template: str | None, strict: bool
+    cls: type[ModelRunner], folder: Path, *, template: str | None, strict: bool, trust: bool
 ) -> ModelRunner:
-    """`ModelRunner.load`: the runner that saved `folder`, its adapter, template and max_length."""
+    """`ModelRunner.load`: the runner that saved `folder`, its adapter, template and max_length.
+
+    Remote code is the caller's choice (`trust`), never the folder's: a downloaded run that was
+    trained with remote code is refused until the caller says so.
+    """
     info = SaveInfo.read(folder)
+    if info.trust_remote_code and not trust:
+        raise ConfigError(
+            f"{folder} was trained with trust_remote_code=True: loading it runs Python code that "
+            "comes with its model. If you trust that code, pass "
+            "ModelRunner.load(..., trust_remote_code=True)."
+        )
     runner = cls.__new__(cls)
     runner._setup(
         info.base_model if info.base_model is not None else str(folder),
         task=info.task,
         method=info.method,
         template=template,
-        trust_remote_code=info.trust_remote_code,
+        trust_remote_code=trust,
         seed=42,
         tokenizer_source=str(folder),
         max_length=info.max_length,
@@ -170,6 +223,8 @@ def push(
             card = (Path(folder) / CARD_FILE).read_text()
             shutil.rmtree(folder)
             runner.merge(folder)
+            # parity.json holds the model's replies to held-out prompts: it stays on this machine
+            (Path(folder) / PARITY_FILE).unlink(missing_ok=True)
             (Path(folder) / CARD_FILE).write_text(
                 card.replace("library_name: peft", "library_name: transformers")
             )

@@ -42,6 +42,7 @@ class AnswerFilter:
             raise ConfigError("; ".join(problems))
         self._rules: list[tuple[str, Callable[[str, Reply], bool]]] = [
             ("truncated", lambda prompt, reply: reply.finish_reason == "length"),
+            ("content_filter", lambda prompt, reply: reply.finish_reason == "content_filter"),
             ("empty", lambda prompt, reply: not reply.text.strip()),
             (
                 "too_short",

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlparse
 
 from ..data.conversation import Message
 from ..errors import ConfigError, EasyLLMError
@@ -70,10 +71,11 @@ class LocalTeacher:
 class Endpoint:
     """An OpenAI-compatible chat server as the teacher: vLLM, llama.cpp, Ollama, a hosted API.
 
-    The API key is `api_key`, or else read from the environment variable `api_key_env`; it is
-    never written or printed. Local servers need none. Up to `concurrency` requests are in
-    flight; a request answered with 429, 5xx or a timeout is retried `max_retries` times with
-    exponential backoff (the openai client's, which honours Retry-After).
+    The API key is `api_key`, or else read from the environment variable `api_key_env` (without
+    either, OPENAI_API_KEY goes to OpenAI's own API only); it is never written or printed, and
+    never sent over plain http to another machine. Local servers need none. Up to
+    `concurrency` requests are in flight; a request answered with 429, 5xx or a timeout is
+    retried `max_retries` times with exponential backoff (the openai client's: Retry-After).
 
     >>> teacher = Endpoint("Qwen/Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1")
     >>> easyllm.synthesize("prompts.jsonl", teacher=teacher)
@@ -82,7 +84,7 @@ class Endpoint:
     model: str
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = None
     concurrency: int = 8
     max_retries: int = 5
     timeout: float = 600.0
@@ -146,14 +148,31 @@ class Endpoint:
                     "An endpoint teacher needs the openai client: "
                     'pip install "easyllm-sdk[teacher]"'
                 ) from None
-            # Local servers (vLLM, llama.cpp, Ollama) accept any key; "EMPTY" is their convention.
             self._client = openai.OpenAI(
                 base_url=self.base_url,
-                api_key=self.api_key or os.environ.get(self.api_key_env) or "EMPTY",
+                api_key=self.key(),
                 max_retries=self.max_retries,
                 timeout=self.timeout,
             )
         return self._client
+
+    def key(self) -> str:
+        """The API key to send: never over plain http to another machine, and the environment's
+        OPENAI_API_KEY only to OpenAI itself (another endpoint's key: `api_key` or `api_key_env`).
+        """
+        if self.api_key is not None:
+            key = self.api_key
+        elif self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+        else:
+            key = os.environ.get("OPENAI_API_KEY") if self.base_url is None else None
+        if key and not _safe_for_keys(self.base_url):
+            raise ConfigError(
+                f"Endpoint(base_url={self.base_url!r}) would send the API key unencrypted to "
+                "another machine: use an https:// URL (or a server on this machine)."
+            )
+        # Local servers (vLLM, llama.cpp, Ollama) accept any key; "EMPTY" is their convention.
+        return key or "EMPTY"
 
     def _ask(
         self, client, messages: list[Message], max_new_tokens: int, sampling: dict[str, Any]
@@ -169,10 +188,20 @@ class Endpoint:
         )
         choice = response.choices[0]
         tokens = response.usage.completion_tokens if response.usage else 0
-        finish = "length" if choice.finish_reason == "length" else "stop"
+        # "content_filter": the provider cut the answer off; the filters reject such answers
+        finish = choice.finish_reason if choice.finish_reason in _KEPT_REASONS else "stop"
         return Reply((choice.message.content or "").strip(), finish, tokens)
 
 
+def _safe_for_keys(base_url: str | None) -> bool:
+    """https, or plain http to this machine (loopback): where an API key may travel."""
+    if base_url is None:
+        return True
+    parsed = urlparse(base_url)
+    return parsed.scheme == "https" or parsed.hostname in ("localhost", "127.0.0.1", "::1")
+
+
+_KEPT_REASONS = ("length", "content_filter")
 _API_SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 
 

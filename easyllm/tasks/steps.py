@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters import keep_4bit_weights_trainable
 from ..data.encoding import ChatEncoder
-from ..data.loading import DataSource, read_source
+from ..data.loading import DataSource, describe_source, is_collection, read_source
 from ..data.prepared import DataOptions, PreparedData
 from ..data.preview import Preview, spans
 from ..data.templates import ResolvedTemplate, resolve_template
@@ -91,6 +91,10 @@ def prepare_data(
     """
     with main_process_first():
         data = task.prepare(read_source(source), tokenizer, encoder, options)
+    if is_collection(
+        source
+    ):  # which files of a folder, which split of a DatasetDict, what was not read
+        data.report.source = describe_source(source)
     if template is not None and task.capabilities.chat_template:
         data.report.template = f"{template.name} ({template.reason})"
     return data

@@ -11,12 +11,14 @@ The Trainer hooks overridden here are listed in compat.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,8 @@ class ResumableMixin:
         self.accelerator.wait_for_everyone()
         self._staging_root = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
+            with _without_secrets(self.args):
+                super()._save_checkpoint(model, trial)
             self._finish_checkpoint(staging / name, run_dir / name)
         except OSError as error:
             if writer:
@@ -159,6 +162,16 @@ class ResumableMixin:
             self.state.save_to_json(str(folder / "trainer_state.json"))
         manifest = {**(self.checkpoint_manifest or {}), "step": self.state.global_step}
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _without_secrets(args: Any) -> Iterator[None]:
+    """The checkpoint's training_args.bin is a pickle of the arguments: keep the hub token out."""
+    token, args.hub_token = args.hub_token, None
+    try:
+        yield
+    finally:
+        args.hub_token = token
 
 
 @cache

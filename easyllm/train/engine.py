@@ -23,6 +23,7 @@ from .checkpoints import ResumableMixin
 from .compilation import compiled_layers, should_compile
 from .loss import trained_token_loss
 from .resources import release_freed_activations
+from .run_folder import unlock_run
 
 if TYPE_CHECKING:
     from ..data.prepared import PreparedData
@@ -89,6 +90,7 @@ def run_trainer(
         trainer.remove_callback(stop)
         if isinstance(trainer, TrainedTokenTrainer):
             trainer.compiled = False
+        unlock_run(trainer.args.output_dir)  # another process may continue or replace the run now
     if stop.stopped and trainer.state.global_step < trainer.state.max_steps:
         folder = Path(trainer.args.output_dir)
         checkpoint = folder / f"checkpoint-{trainer.state.global_step}"

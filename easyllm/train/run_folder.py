@@ -35,8 +35,17 @@ from .settings import TrainSettings
 if TYPE_CHECKING:
     from ..data.prepared import PreparedData
 
+try:  # Unix: one trainer per run folder
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock: runs are not locked there
+    fcntl = None
+
 Resume = bool | Literal["force"]
 _SLACK_BYTES = 64 * 2**20  # tokenizer, trainer state, logs
+LOCK_FILE = ".easyllm-train.lock"
+_HELD: dict[Path, int] = {}  # the run folders this process trains in: their locks' descriptors
+# What a run leaves in its folder before its first checkpoint (a run killed early): not foreign.
+_RUN_LEFTOVERS = ("reproduce.json", "runs")
 
 
 @dataclass(frozen=True)
@@ -138,10 +147,14 @@ def _prepare_run_folder(
             )
         remove_leftovers(folder)
         check_writable(folder)
+        lock_run(folder)
         return RunFolder(folder, checkpoint)
     if output_dir is None:
-        return RunFolder(_new_run_dir(runs_dir, model_name))
+        folder = _new_run_dir(runs_dir, model_name)
+        lock_run(folder)
+        return RunFolder(folder)
     folder = Path(output_dir)
+    _refuse_foreign_files(folder)
     if holds_run(folder):
         if not overwrite:
             what = "a finished run" if (folder / SAVE_INFO_FILE).is_file() else "an unfinished run"
@@ -153,7 +166,65 @@ def _prepare_run_folder(
         _clear_run(folder)
     remove_leftovers(folder)  # hidden remains of a run killed before its first checkpoint
     check_writable(folder)
+    lock_run(folder)
     return RunFolder(folder)
+
+
+def _refuse_foreign_files(folder: Path) -> None:
+    """An output_dir that is not a run (a project folder) must not get its files replaced."""
+    if not folder.is_dir() or holds_run(folder):
+        return
+    foreign = sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.name not in _RUN_LEFTOVERS
+    )
+    if foreign:
+        raise ConfigError(
+            f"{folder} holds files that are not an easyllm run ({', '.join(foreign[:5])}): "
+            "training there would replace them. Pass an empty or new output_dir."
+        )
+
+
+def lock_run(folder: Path) -> None:
+    """Hold `folder`'s lock while this process trains there: another process is refused at once."""
+    key = folder.resolve()
+    if fcntl is None or key in _HELD:
+        return
+    descriptor = os.open(folder / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise UsageError(
+            f"Another process is training in {folder} right now. Wait for it to finish (or stop "
+            "it), or pass another output_dir."
+        ) from None
+    _HELD[key] = descriptor
+
+
+def unlock_run(folder: str | os.PathLike) -> None:
+    """Let other processes train in `folder` again (no-op if this process holds no lock there)."""
+    key = Path(folder).resolve()
+    descriptor = _HELD.pop(key, None)
+    if descriptor is not None:
+        # a finished run keeps no hidden file (the next trainer makes a new lock file)
+        (key / LOCK_FILE).unlink(missing_ok=True)
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def _locked_elsewhere(folder: Path) -> bool:
+    if fcntl is None or folder.resolve() in _HELD or not (folder / LOCK_FILE).exists():
+        return False
+    descriptor = os.open(folder / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def run_slug(model_name: str) -> str:
@@ -177,7 +248,11 @@ def _newest_unfinished_run(runs_dir: Path, model_name: str) -> Path:
     pattern = re.compile(re.escape(run_slug(model_name)) + r"-\d{8}-\d{6}(-\d+)?$")
     runs = [p for p in runs_dir.iterdir() if pattern.match(p.name)] if runs_dir.is_dir() else []
     unfinished = [
-        p for p in runs if not (p / SAVE_INFO_FILE).exists() and latest_checkpoint(p) is not None
+        p
+        for p in runs
+        if not (p / SAVE_INFO_FILE).exists()
+        and latest_checkpoint(p) is not None
+        and not _locked_elsewhere(p)  # another notebook is still training it
     ]
     if not unfinished:
         raise UsageError(
