@@ -13,124 +13,74 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import NoReturn, TypeAlias
 
+from .cli_train import add_train_arguments, cmd_train
 from .errors import ConfigError, EasyLLMError
+from .version import __version__
 
-RUNNER_KEYS = ("model", "task", "method", "template", "trust_remote_code", "seed")
-RUN_KEYS = ("resume", "overwrite")
-DATA_KEYS = (
-    "data",
-    "val_size",
-    "max_length",
-    "input_key",
-    "output_key",
-    "columns",
-    "on_bad_rows",
-    "train_on",
-    "on_control_tokens",
-)
+TRUST_HELP = "run the model's own code (a Hub model that needs trust_remote_code)"
 
 
-def _runner(run_dir: str):
-    from .runner import ModelRunner
+def _any_runner(spec: str, trust_remote_code: bool = False):
+    """A folder written by train()/save() is reloaded with its adapter; anything else is a model.
 
-    return ModelRunner.load(run_dir)
-
-
-def _any_runner(spec: str):
-    """A folder written by train()/save() is reloaded with its adapter; anything else is a model."""
+    A merged or plain model folder (no easyllm.json) is loaded as a model.
+    """
     from .records.folder import SAVE_INFO_FILE
     from .runner import ModelRunner
 
-    return ModelRunner.load(spec) if (Path(spec) / SAVE_INFO_FILE).is_file() else ModelRunner(spec)
-
-
-def config_from_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML config; its keys are ModelRunner, load_data and train() arguments."""
-    import yaml
-
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-    return loaded
-
-
-def run_training(config: dict[str, Any]) -> None:
-    """Split one flat config into the runner's, load_data's and train()'s arguments, and run."""
-    from .runner import ModelRunner
-    from .train.settings import SETTINGS_FIELDS, TRAINER_FIELDS
-
-    unknown = [
-        k
-        for k in config
-        if k not in RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS + TRAINER_FIELDS
-    ]
-    if unknown:
-        raise ConfigError(
-            f"Unknown setting(s): {', '.join(unknown)}. Valid: "
-            f"{', '.join(RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS)}, "
-            "or any transformers.TrainingArguments field."
-        )
-    if "data" not in config:
-        raise ConfigError("No training data: give --data FILE (or `data:` in the YAML file).")
-    runner_args = {k: config[k] for k in RUNNER_KEYS if k in config}
-    data_args = {k: config[k] for k in DATA_KEYS if k in config and k != "data"}
-    train_args = {k: v for k, v in config.items() if k not in RUNNER_KEYS + DATA_KEYS}
-    runner = ModelRunner(runner_args.pop("model", None), **runner_args)
-    runner.load_data(config["data"], **data_args)
-    result = runner.train(**train_args)
-    print(json.dumps(result.metrics, indent=2))
-    print(f"Saved in {result.output_dir}")
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    if args.config:
-        config = config_from_yaml(Path(args.config))
-    else:
-        config = {
-            "model": args.model,
-            "data": args.data,
-            "task": args.task,
-            "method": args.method,
-            "num_train_epochs": args.epochs,
-            "output_dir": args.output_dir,
-        }
-    config.update({k: True for k in ("resume", "overwrite") if getattr(args, k)})
-    run_training({k: v for k, v in config.items() if v is not None})
+    if (Path(spec) / SAVE_INFO_FILE).is_file():
+        return ModelRunner.load(spec, trust_remote_code=trust_remote_code)
+    return ModelRunner(spec, trust_remote_code=trust_remote_code)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    print(
-        _runner(args.run_dir).generate(
-            args.prompt, max_new_tokens=args.max_new_tokens, system=args.system
-        )
-    )
+    runner = _any_runner(args.run_dir, args.trust_remote_code)
+    print(runner.generate(args.prompt, max_new_tokens=args.max_new_tokens, system=args.system))
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    runner = _runner(args.run_dir)
+    runner = _any_runner(args.run_dir, args.trust_remote_code)
     history: list[dict[str, str]] = (
         [{"role": "system", "content": args.system}] if args.system else []
     )
-    print("Chatting with", args.run_dir, "(empty line or Ctrl-D to quit)")
-    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
-        text = line.strip()
-        if not text:
-            break
+    print("Chatting with", args.run_dir, "(empty line or Ctrl-D to quit, Ctrl-C stops a reply)")
+    for text in _typed_lines():
         history.append({"role": "user", "content": text})
-        reply = ""
+        history.append({"role": "assistant", "content": _reply(runner, history, args)})
+
+
+def _typed_lines() -> Iterator[str]:
+    """Lines typed (or piped in) until an empty line, end of input, or Ctrl-C at the prompt."""
+    while True:
+        try:
+            line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line.strip():
+            return
+        yield line.strip()
+
+
+def _reply(runner, history: list[dict[str, str]], args: argparse.Namespace) -> str:
+    """Stream one reply; Ctrl-C stops it and keeps what was said, so the chat goes on."""
+    pieces: list[str] = []
+    try:
         for piece in runner.stream(history, max_new_tokens=args.max_new_tokens):
             print(piece, end="", flush=True)
-            reply += piece
-        print()
-        history.append({"role": "assistant", "content": reply.strip()})
+            pieces.append(piece)
+    except KeyboardInterrupt:
+        print(" [stopped]", end="")
+    print()
+    return "".join(pieces).strip()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    result = _runner(args.run_dir).evaluate(
+    result = _any_runner(args.run_dir, args.trust_remote_code).evaluate(
         args.data,
         batch_size=args.batch_size,
         max_samples=args.max_samples,
@@ -143,7 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    merged = _runner(args.run_dir).merge(args.merge, check=not args.no_check)
+    runner = _any_runner(args.run_dir, args.trust_remote_code)
+    merged = runner.merge(args.merge, check=not args.no_check)
     print(f"Merged weights written to {merged}")
 
 
@@ -151,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
     serve(
-        _any_runner(args.model),
+        _any_runner(args.model, args.trust_remote_code),
         args.host,
         args.port,
         model_name=args.name,
@@ -172,7 +123,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
             "--endpoint needs --endpoint-model NAME (the model the server should use)."
         )
     teacher = (
-        _any_runner(args.teacher)
+        _any_runner(args.teacher, args.trust_remote_code)
         if args.teacher is not None
         else Endpoint(
             args.endpoint_model,
@@ -202,10 +153,16 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose error is one line pointing at --help (train's usage is long)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="easyllm", description="Fine-tune a language model in three lines."
-    )
+    parser = _Parser(prog="easyllm", description="Fine-tune a language model in three lines.")
+    parser.add_argument("--version", action="version", version=f"easyllm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_generate_and_chat(commands)
@@ -221,6 +178,8 @@ def _add(
 ) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(handler=handler)
+    if name != "train":  # train's flags come from one table (cli_train.SETTINGS)
+        sub.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     return sub
 
 
@@ -228,27 +187,7 @@ def _add_train(commands: Commands) -> None:
     train = _add(
         commands, "train", cmd_train, "Fine-tune a model on a data file, or as a YAML config says."
     )
-    train.add_argument(
-        "config", nargs="?", help="a YAML file whose keys are ModelRunner/load_data/train arguments"
-    )
-    train.add_argument(
-        "--model", help="hub id, local folder, or built-in name (default: the built-in model)"
-    )
-    train.add_argument(
-        "--data", help="training data: .jsonl, .json, .csv, .parquet, .txt or a folder"
-    )
-    train.add_argument("--task", help="task name (default: sft)")
-    train.add_argument("--method", help="lora (default), qlora, full, or another registered method")
-    train.add_argument("--epochs", type=float, help="number of training epochs")
-    train.add_argument(
-        "--output-dir", help="where to write the run (default: a fresh folder in easyllm-runs/)"
-    )
-    train.add_argument(
-        "--resume", action="store_true", help="continue the newest checkpoint of the run"
-    )
-    train.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --output-dir"
-    )
+    add_train_arguments(train)
 
 
 def _add_generate_and_chat(commands: Commands) -> None:
@@ -257,7 +196,9 @@ def _add_generate_and_chat(commands: Commands) -> None:
         ("chat", cmd_chat, "Chat with a trained run, streaming the replies."),
     ):
         sub = _add(commands, name, handler, help_text)
-        sub.add_argument("run_dir", help="a folder written by train() or save()")
+        sub.add_argument(
+            "run_dir", help="a folder written by train() or save(), or a model folder or hub id"
+        )
         if name == "generate":
             sub.add_argument("--prompt", required=True)
         sub.add_argument("--system", help="a system prompt")
@@ -340,7 +281,7 @@ def _add_synthesize(commands: Commands) -> None:
         "--endpoint-model", metavar="NAME", help="the model name to ask the endpoint for"
     )
     synth.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
+        "--api-key-env", help="environment variable holding the API key (OpenAI: OPENAI_API_KEY)"
     )
     synth.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
     synth.add_argument(
