@@ -7,7 +7,6 @@ every problem is reported at once. torch and transformers are imported only to r
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, with_suggestions
 
 RUNNER_KEYS = ("model", "task", "method", "template", "trust_remote_code", "seed")
 RUN_KEYS = ("resume", "overwrite")
@@ -219,8 +218,7 @@ def problems_in(config: dict[str, Any], path: Path) -> list[str]:
     problems = []
     for key in config:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3)
-            problems.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            problems.append(with_suggestions(key, valid))
     if problems:  # the same "did you mean" as train(**settings) (train.settings.build_settings)
         own = ", ".join(dict.fromkeys(RUNNER_KEYS + RUN_KEYS + DATA_KEYS + SETTINGS_FIELDS))
         unknown = f"Unknown setting(s): {', '.join(problems)}. Valid: {own}, "

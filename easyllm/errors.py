@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class EasyLLMError(Exception):
     """Base class: catch this to handle any error easyllm raises deliberately."""
@@ -32,3 +35,9 @@ class SaveError(EasyLLMError, OSError):
 
     Nothing half-written is left.
     """
+
+
+def with_suggestions(name: str, valid: Sequence[str]) -> str:
+    """`'name'`, and the closest valid names: "'lerning_rate' (did you mean learning_rate?)"."""
+    close = difflib.get_close_matches(name, list(valid), n=3)
+    return f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")

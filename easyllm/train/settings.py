@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from ..errors import ConfigError
+from ..errors import ConfigError, with_suggestions
 from ..methods import METHODS, Method, get_method
 from .resources import needs_gradient_checkpointing, prefers_bf16
 
@@ -128,10 +127,7 @@ def build_settings(base: TrainSettings, overrides: dict[str, Any]) -> TrainSetti
     """Apply `train(**overrides)`: easyllm settings by name, the others as TrainingArguments."""
     unknown = [key for key in overrides if key not in SETTINGS_FIELDS and key not in TRAINER_FIELDS]
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, SETTINGS_FIELDS + TRAINER_FIELDS, n=3)
-            hints.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hints = [with_suggestions(key, SETTINGS_FIELDS + TRAINER_FIELDS) for key in unknown]
         raise ConfigError(
             f"Unknown training option(s): {', '.join(hints)}. Valid: easyllm settings "
             f"{', '.join(SETTINGS_FIELDS)}, or any transformers.TrainingArguments field."
