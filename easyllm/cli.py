@@ -106,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.host,
         args.port,
         model_name=args.name,
+        api_key=args.api_key,
+        allowed_hosts=args.allowed_host,
         announce=lambda line: print(line, flush=True),
     )
 
@@ -255,9 +257,21 @@ def _add_serve(commands: Commands) -> None:
         help="a run folder, a model folder, hub id or built-in name",
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="0.0.0.0 serves other machines (no authentication)"
+        "--host", default="127.0.0.1", help="0.0.0.0 serves other machines (set an API key)"
     )
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument(
+        "--api-key",
+        help="require this key (Authorization: Bearer KEY); default: $EASYLLM_API_KEY if set. "
+        "The environment variable keeps it out of the shell history",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host/Origin name to answer besides localhost (repeat it; '*' for any)",
+    )
     serve.add_argument("--name", help="the model name the API reports (default: the model's)")
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from transformers import StoppingCriteria
 
 from ..data.encoding import ChatEncoder
 from ..data.formats import Message
@@ -18,10 +19,24 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 _EMPTY_THINK = re.compile(r"^\s*<think>\s*</think>\s*")
 
 
+class Cancelled(StoppingCriteria):
+    """Stops generate() at the next token once `event` is set (e.g. the client hung up)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+
+
 def _generation_kwargs(
-    encoder: ChatEncoder, max_new_tokens: int, stop: list[str] | None, sampling: dict
+    encoder: ChatEncoder,
+    max_new_tokens: int,
+    stop: list[str] | None,
+    sampling: dict,
+    cancel: threading.Event | None = None,
 ) -> dict:
-    """Greedy unless a sampling option is given; stop at end-of-turn and at any `stop` string."""
+    """Greedy unless sampling is asked for; stop at end-of-turn, a `stop` string or `cancel`."""
     if any(key in sampling for key in SAMPLING_KEYS):
         sampling.setdefault("do_sample", True)
     sampling.setdefault("do_sample", False)
@@ -33,6 +48,8 @@ def _generation_kwargs(
     }
     if stop:
         kwargs.update(stop_strings=list(stop), tokenizer=encoder.tokenizer)
+    if cancel is not None:
+        kwargs["stopping_criteria"] = [Cancelled(cancel)]
     return kwargs
 
 
@@ -48,7 +65,7 @@ class Reply:
     """One generated reply and why it ended: "stop" (end-of-turn or a stop string) or "length"."""
 
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]  # the last: an endpoint's filter
     generated_tokens: int  # tokens the model produced, end-of-turn included
 
 
@@ -61,12 +78,14 @@ def generate_batch(
     stop: list[str] | None = None,
     *,
     batch_size: int = 16,
+    cancel: threading.Event | None = None,
     **sampling: Any,
 ) -> list[Reply]:
     """Reply to each conversation, `batch_size` left-padded prompts at a time, until end-of-turn.
 
     A reply that used all `max_new_tokens` without an end-of-turn token or stop string is
-    marked finish_reason="length": it was cut off, not finished.
+    marked finish_reason="length": it was cut off, not finished. Setting `cancel` ends every
+    reply at its next token.
     """
     was_training = model.training
     model.eval()
@@ -81,6 +100,7 @@ def generate_batch(
                 max_new_tokens,
                 stop,
                 dict(sampling),
+                cancel,
             )
         ]
     finally:
@@ -94,6 +114,7 @@ def _generate_one_batch(
     max_new_tokens: int,
     stop: list[str] | None,
     sampling: dict,
+    cancel: threading.Event | None,
 ) -> list[Reply]:
     tokenizer = encoder.tokenizer
     prompts = [encoder.encode_prompt(messages) for messages in conversations]
@@ -105,7 +126,7 @@ def _generate_one_batch(
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
-        **_generation_kwargs(encoder, max_new_tokens, stop, sampling),
+        **_generation_kwargs(encoder, max_new_tokens, stop, sampling, cancel),
     )
     end_of_turn = set(encoder.end_of_turn_ids)
     replies = []
@@ -159,30 +180,80 @@ def stream_reply(
     messages: list[Message],
     max_new_tokens: int,
     stop: list[str] | None = None,
+    *,
+    cancel: threading.Event | None = None,
     **sampling: Any,
 ) -> Iterator[str]:
-    """Yield the reply's text piece by piece as it is generated (generation runs in a thread)."""
+    """Yield the reply's text piece by piece as it is generated (generation runs in a thread).
+
+    The text ends before any `stop` string, as generate()'s does. An error in generation is
+    raised here, in the reader; closing the iterator early (or setting `cancel`) stops it.
+    """
     from transformers import TextIteratorStreamer
 
     prompt = torch.tensor([encoder.encode_prompt(messages)], device=next(model.parameters()).device)
     streamer = TextIteratorStreamer(encoder.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _generation_kwargs(encoder, max_new_tokens, stop, sampling)
+    cancel = cancel or threading.Event()
+    kwargs = _generation_kwargs(encoder, max_new_tokens, stop, sampling, cancel)
+    failures: list[BaseException] = []
     was_training = model.training
     model.eval()
 
     def run() -> None:
-        with torch.inference_mode():
-            model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                streamer=streamer,
-                **kwargs,
-            )
+        try:
+            with torch.inference_mode():
+                model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    streamer=streamer,
+                    **kwargs,
+                )
+        except BaseException as exc:  # noqa: BLE001 (handed to the reader, who raises it)
+            failures.append(exc)
+            streamer.end()  # without it the reader would wait for text for ever
 
-    worker = threading.Thread(target=run, daemon=True)
+    worker = threading.Thread(target=run, name="easyllm-stream", daemon=True)
     worker.start()
+    finished = False
     try:
-        yield from streamer
+        yield from cut_at_stop_stream(streamer, stop, cancel)
+        finished = True
     finally:
+        if not finished:  # the reader left early: stop generating for nobody
+            cancel.set()
         worker.join()
         model.train(was_training)
+    if failures:
+        raise failures[0]
+
+
+def cut_at_stop_stream(
+    pieces: Iterable[str], stop: list[str] | None, cancel: threading.Event | None = None
+) -> Iterator[str]:
+    """`pieces` up to the first stop string; text that may begin one is held back until known.
+
+    >>> list(cut_at_stop_stream(["Hel", "lo. Us", "er: hi"], ["User:"]))
+    ['Hel', 'lo. ']
+    """
+    if not stop:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        found = [held.index(marker) for marker in stop if marker in held]
+        if found:
+            if held[: min(found)]:
+                yield held[: min(found)]
+            if cancel is not None:
+                cancel.set()
+            return
+        keep = max(
+            (k for marker in stop for k in range(1, len(marker)) if held.endswith(marker[:k])),
+            default=0,
+        )
+        if len(held) > keep:
+            yield held[: len(held) - keep]
+            held = held[len(held) - keep :]
+    if held:
+        yield held
