@@ -126,8 +126,12 @@ def _package_dir(spec: BuiltinModel) -> str:
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer; what this machine's loading added (offline, local) is not saved with it."""
     with explain_load_errors(source):
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    for machine_only in ("local_files_only", "is_local"):  # a published folder must download
+        tokenizer.init_kwargs.pop(machine_only, None)
+    return tokenizer
 
 
 def load_causal_lm(source: str, **options: Any) -> PreTrainedModel:

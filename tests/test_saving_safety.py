@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from easyllm import ConfigError, ModelRunner, UsageError
 
@@ -156,3 +157,27 @@ def test_a_push_carries_no_local_path_and_no_held_out_replies(tiny_model_dir, ch
         runner.push_to_hub("me/tiny-merged", merge=True)
     assert "parity.json" not in uploaded and "model.safetensors" in uploaded
     assert (tmp_path / "run" / "easyllm.json").read_text().count(str(tiny_model_dir)) == 1
+
+
+def test_a_merged_folder_stops_under_plain_transformers_like_easyllm(
+    tiny_model_dir, chats, tmp_path
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    runner = ModelRunner(str(tiny_model_dir))
+    runner.load_data(chats, val_size=0)
+    runner.train(output_dir=str(tmp_path / "run"), learning_rate=2e-2, **{**FAST, "max_steps": 60})
+    folder = runner.merge(tmp_path / "merged", check=False)
+    assert "local_files_only" not in (folder / "tokenizer_config.json").read_text()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    end_of_turn = runner.encoder.end_of_turn_ids[0]
+    assert end_of_turn in model.generation_config.eos_token_id
+    assert model.generation_config.max_new_tokens == 256
+    prompt = runner.encoder.encode_prompt([{"role": "user", "content": "Who are you? (3)"}])
+    ids = torch.tensor([prompt])
+    plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids))[0, len(prompt) :]
+    reply = runner.generate("Who are you? (3)", return_details=True)
+    assert reply.finish_reason == "stop"  # easyllm's reply ended its turn
+    assert plain[-1].item() == end_of_turn  # stopped where training taught it to, untold
+    assert tokenizer.decode(plain, skip_special_tokens=True).strip() == reply.text

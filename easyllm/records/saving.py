@@ -30,6 +30,8 @@ from .reproduce import cached_revision, write_reproduction_record
 if TYPE_CHECKING:
     from ..runner import ModelRunner
 
+MAX_NEW_TOKENS = 256  # what generate() answers with by default
+
 
 def save_info(runner: ModelRunner) -> SaveInfo:
     """What easyllm.json records about `runner` (see SaveInfo)."""
@@ -210,7 +212,26 @@ def merge(runner: ModelRunner, target: Path, *, check: bool, prompts: list[str] 
             [runner.encoder.encode_prompt(as_conversation(p)) for p in prompts] if prompts else None
         )
         parity = check_merge_parity(runner.model, merged, runner.encoder, runner.data, prompt_ids)
+    _stop_where_trained(merged, runner)
     return save_merged_folder(target, merged, runner.tokenizer, parity.write if parity else None)
+
+
+def _stop_where_trained(model: Any, runner: ModelRunner) -> None:
+    """The merged folder's generation_config stops at the end-of-turn ids training taught.
+
+    Plain transformers, vLLM or llama.cpp then end a reply where easyllm does, and a plain
+    generate() is not cut at transformers' 20-token default.
+    """
+    config = getattr(model, "generation_config", None)
+    if runner.encoder is None or config is None:
+        return
+    eos = config.eos_token_id
+    known = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    ends = [token for token in runner.encoder.end_of_turn_ids if token is not None]
+    config.eos_token_id = list(dict.fromkeys([*ends, *known]))
+    config.pad_token_id = runner.tokenizer.pad_token_id
+    if config.max_new_tokens is None:
+        config.max_new_tokens = MAX_NEW_TOKENS
 
 
 def push(
