@@ -372,17 +372,18 @@ def _read_until(fd: int, pattern: bytes, seen: bytearray, timeout: float = 120) 
 def test_ctrl_c_in_a_terminal_stops_the_reply_not_the_chat(tiny_model_dir):
     import os
     import pty
-    import time
 
     argv = [sys.executable, "-m", "easyllm.cli", "chat", str(tiny_model_dir)]
     pid, fd = pty.fork()
     if pid == 0:  # the child: a chat whose terminal is the pseudo-terminal
-        os.execv(sys.executable, [*argv, "--max-new-tokens", "400"])
+        os.execv(sys.executable, [*argv, "--max-new-tokens", "20000"])
     seen = bytearray()
     try:
         _read_until(fd, b"> ", seen)
         os.write(fd, b"Hi\r")
-        time.sleep(1.0)  # the tiny model's greedy reply is 400 newlines: still streaming
+        # the echo, then the reply's first piece: the tiny model's greedy reply is 20,000
+        # newlines, so it is still streaming when Ctrl-C arrives
+        _read_until(fd, b"Hi\r\n\r\n", seen)
         os.write(fd, b"\x03")
         assert b"[stopped]" in _read_until(fd, b"> ", seen)
         os.write(fd, b"\r")  # an empty line ends the chat
