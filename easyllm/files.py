@@ -101,11 +101,11 @@ def publish_new_folder(staged: Path, target: Path) -> bool:
 
 @contextlib.contextmanager
 def staged_folder(target: str | os.PathLike, prefix: str = ".staging-") -> Iterator[Path]:
-    """A hidden folder beside `target`'s contents whose files are moved into `target` on success.
+    """A hidden folder inside `target` to write a save into; removed when the block ends.
 
-    Entries are flushed and moved one by one; `last` files (see `move_into`) go last, so a
-    marker file such as easyllm.json appears only once everything else is in place. On an
-    error nothing is moved and the staging folder is removed.
+    The caller moves the finished files into `target` (`move_into`, or records.folder's
+    `replace_save`, which writes the easyllm.json marker only after everything else); on an
+    error nothing has been moved.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -116,10 +116,10 @@ def staged_folder(target: str | os.PathLike, prefix: str = ".staging-") -> Itera
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def move_into(staging: Path, target: Path, *, last: str | None = None) -> None:
-    """Move every entry of `staging` into `target` (replacing same-named ones), `last` last."""
+def move_into(staging: Path, target: Path) -> None:
+    """Move every entry of `staging` into `target`, replacing same-named ones."""
     fsync_tree(staging)
-    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == last):
+    for entry in staging.iterdir():
         destination = target / entry.name
         if destination.is_dir() and entry.is_dir():
             shutil.rmtree(destination)

@@ -127,9 +127,13 @@ def finish_run(runner: ModelRunner, folder: Path, result: TrainResult) -> None:
     if runner.data is None or runner.data.validation is None:
         return
     result.metrics.update(runner.evaluate())
-    card = card_for(runner, save_info(runner), result, None)
-    on_main_process(write_json_atomic, folder / METRICS_FILE, result.metrics)
-    on_main_process(write_text_atomic, folder / CARD_FILE, card)
+    on_main_process(_add_held_out_metrics, runner, folder, result)
+
+
+def _add_held_out_metrics(runner: ModelRunner, folder: Path, result: TrainResult) -> None:
+    """metrics.json and the card again, now with the held-out metrics (the rest is as saved)."""
+    write_json_atomic(folder / METRICS_FILE, result.metrics)
+    write_text_atomic(folder / CARD_FILE, card_for(runner, SaveInfo.read(folder), result, None))
 
 
 def record_run(

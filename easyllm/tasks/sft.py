@@ -62,7 +62,7 @@ class SFTTask:
             report,
             options,
             parsed.rejects,
-            longest_example=max(report.lengths, default=0),
+            longest_example=max(map(len, train["input_ids"]), default=0),  # train split only
         )
 
     @staticmethod
